@@ -1,0 +1,138 @@
+"""Self-describing checkpoints: architecture as data, never pickled modules.
+
+A checkpoint holds plain data and tensors only (arch, widths, num_classes, dataset,
+normalization, config, metrics, state_dict), is written atomically and is read with
+`torch.load(weights_only=True)`, so loading a file never runs code from it. Public CIFAR ResNet
+checkpoints (`{'best_prec1', 'state_dict'}` with `module.` prefixes) load too: their widths are
+read off the tensor shapes, so any depth (and a channel-pruned one) rebuilds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ModelSpecError
+from .models import build_model
+
+FORMAT = "orchestrator.checkpoint"
+VERSION = 1
+# Normalization the public CIFAR ResNet checkpoints were trained with (see their README).
+PUBLIC_RESNET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    widths: dict
+    num_classes: int
+    state_dict: dict
+    dataset: str = "cifar10"
+    normalization: dict = field(default_factory=lambda: dict(PUBLIC_RESNET_NORMALIZATION))
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    source: str = FORMAT  # FORMAT, or "public-resnet" for an imported public checkpoint
+
+    def build(self, device="cpu") -> nn.Module:
+        """Rebuild the model this checkpoint describes, with its weights, in eval mode."""
+        try:
+            model = build_model(self.arch, self.num_classes, self.widths)
+        except ModelSpecError as exc:
+            raise CheckpointError(f"checkpoint describes an invalid model: {exc}") from None
+        _load_state(model, self.state_dict)
+        return model.to(device).eval()
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "arch": self.arch, "widths": self.widths,
+                "num_classes": self.num_classes, "dataset": self.dataset,
+                "normalization": self.normalization, "config": self.config, "metrics": self.metrics,
+                "state_dict": self.state_dict}
+
+
+def _load_state(model: nn.Module, state: dict) -> None:
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"weights do not fit the model: missing {missing[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
+
+
+def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict | None = None,
+               metrics: dict | None = None) -> Checkpoint:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    masked = [k for k in state if k.endswith(("_orig", "_mask"))]
+    if masked:
+        raise CheckpointError(f"model still carries pruning masks ({masked[0]}, ...): make them "
+                              "permanent (prune.remove) before saving a final checkpoint")
+    return Checkpoint(model.arch, model.widths, model.num_classes, state, dataset,
+                      {k: list(v) for k, v in normalization.items()}, config or {}, metrics or {})
+
+
+def save_checkpoint(path, ckpt: Checkpoint) -> Path:
+    """Write atomically: a crash mid-write never leaves a truncated file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt.to_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in str(exc):
+            first = "it holds objects other than tensors and plain data, and loading never runs code"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version") != VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} unsupported; allowed: {VERSION}")
+        try:
+            return Checkpoint(obj["arch"], obj["widths"], obj["num_classes"], obj["state_dict"],
+                              obj["dataset"], obj["normalization"], obj["config"], obj["metrics"])
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: checkpoint lacks the {exc.args[0]!r} field") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        ckpt = _from_public_resnet(state, path)
+        if "best_prec1" in obj:
+            ckpt.metrics["best_prec1"] = float(obj["best_prec1"])
+        return ckpt
+    raise CheckpointError(f"{path} is neither an orchestrator checkpoint nor a public CIFAR ResNet checkpoint")
+
+
+def _from_public_resnet(state: dict, path: Path) -> Checkpoint:
+    """Read depth, widths and shortcut type off the shapes of a reference-format ResNet."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        blocks = []
+        for stage in (1, 2, 3):
+            idx = sorted({int(m[1]) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))})
+            if not idx or idx != list(range(len(idx))):
+                raise KeyError(f"layer{stage} blocks")
+            blocks.append([state[f"layer{stage}.{i}.conv1.weight"].shape[0] for i in idx])
+        stages = [state[f"layer{s}.0.conv2.weight"].shape[0] for s in (1, 2, 3)]
+        num_classes = state["linear.weight"].shape[0]
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(f"{path} holds a state_dict that is not a CIFAR ResNet (no {exc})") from None
+    shortcut = "B" if any(".shortcut.0.weight" in k for k in state) else "A"
+    arch = f"resnet{6 * len(blocks[0]) + 2}{'b' if shortcut == 'B' else ''}"
+    widths = {"shortcut": shortcut, "stages": stages, "blocks": blocks}
+    dataset = {10: "cifar10", 100: "cifar100"}.get(num_classes, "cifar10")
+    return Checkpoint(arch, widths, num_classes, state, dataset, source="public-resnet")
+
+
+def load_model(path, device="cpu") -> tuple[nn.Module, Checkpoint]:
+    """One call from a file to a runnable model (and the checkpoint that describes it)."""
+    ckpt = load_checkpoint(path)
+    return ckpt.build(device), ckpt

@@ -1,0 +1,170 @@
+"""Command line: parses options, builds configs, calls the library. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from .errors import OrchestratorError
+
+
+def _one_line_errors(fn):
+    """User errors (bad files, values, configs) end as one 'Error: ...' line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OrchestratorError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(map(str, err["loc"]))
+            raise click.ClickException(f"invalid value for {key!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+    return wrapper
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OrchestratorError("--device cuda was asked for, but no CUDA GPU is available; allowed here: cpu, auto")
+    return name
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None,
+    help="Folder holding cifar-10-batches-py/ or cifar-100-python/ "
+         "(default: $ORCHESTRATOR_DATA_DIR, else ./data; downloaded there when missing and online).")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where to run; auto picks CUDA when present.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="orchestrator")
+def main():
+    """Best CIFAR accuracy for the smallest memory footprint: train, compress, measure, search."""
+
+
+@main.command()
+@click.option("--arch", default="resnet20", show_default=True, help="Model name (see `orchestrator models`).")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@data_dir_option
+@click.option("--init", "init_path", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint (orchestrator or public CIFAR ResNet format): fine-tune.")
+@click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Width multiplier applied to the default widths (ignored with --init).")
+@click.option("--epochs", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default="onecycle",
+              show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+              help="Fraction of steps with a linear learning-rate ramp.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--cutout", type=click.IntRange(0, 32), default=0, show_default=True, help="Cutout side, pixels.")
+@click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold out the last N training images and report accuracy on them (0: none).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
+@device_option
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True,
+              help="Checkpoint to write; training state for resuming is kept beside it until done.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_one_line_errors
+def train(arch, dataset, data_dir, init_path, width_mult, epochs, batch_size, lr, schedule, warmup,
+          weight_decay, label_smoothing, cutout, val_size, seed, compile, device, out, quiet):
+    """Train (or fine-tune with --init) a model and evaluate it on the test set."""
+    from . import workflows
+    from .train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, warmup=warmup,
+                         weight_decay=weight_decay, label_smoothing=label_smoothing, cutout=cutout,
+                         seed=seed, compile=compile)
+    ckpt = workflows.train_model(arch=arch, dataset=dataset, data_dir=data_dir, config=config, out=out,
+                                 init=init_path, width_mult=width_mult, val_size=val_size,
+                                 device=_device(device), progress=not quiet)
+    m = ckpt.metrics
+    click.echo(f"{ckpt.arch} {dataset}: test accuracy {100 * m['test_acc']:.2f}% "
+               f"({m['train_seconds'] / 60:.1f} min) -> {out}")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@data_dir_option
+@click.option("--split", type=click.Choice(["test", "train", "val"]), default="test", show_default=True,
+              help="val: the last --val-size training images.")
+@click.option("--val-size", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--npz", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate on arrays x_test/y_test (N,32,32,3 uint8) of an .npz file instead.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_one_line_errors
+def eval_(checkpoint, data_dir, split, val_size, npz, device, as_json):
+    """Evaluate a checkpoint: top-1 accuracy and loss."""
+    from . import workflows
+
+    result = workflows.evaluate_checkpoint(checkpoint, data_dir=data_dir, split=split, val_size=val_size,
+                                           npz=npz, device=_device(device))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['arch']} on {result['split']} ({result['n']:,} images): "
+                   f"accuracy {100 * result['acc']:.2f}%, loss {result['loss']:.4f}")
+
+
+@main.command()
+@click.option("--num-classes", type=click.IntRange(min=2), default=10, show_default=True)
+@_one_line_errors
+def models(num_classes):
+    """List the model zoo with parameter counts."""
+    from .models import ARCHITECTURES, build_model, count_parameters
+
+    click.echo(f"{'arch':<12} {'parameters':>12}  notes")
+    for arch in ARCHITECTURES:
+        n = count_parameters(build_model(arch, num_classes))
+        note = ("option-B 1x1 shortcuts" if arch.startswith("resnet") and arch.endswith("b")
+                else "option-A shortcuts" if arch.startswith("resnet") else "")
+        click.echo(f"{arch:<12} {n:>12,}  {note}")
+    click.echo("Any ResNet depth 6n+2 works too (resnet8, resnet1202, ...). Counts: weights, biases, BN affine.")
+
+
+@main.group()
+def data():
+    """Dataset utilities."""
+
+
+@data.command("check")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@data_dir_option
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download the official archive when the folder is missing.")
+@_one_line_errors
+def data_check(dataset, data_dir, download):
+    """Validate a data directory: files, shapes, dtype, label range, counts."""
+    from .data import load_split, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    for split in ("train", "test"):
+        s = load_split(dataset, split, root, download=download)
+        counts = s.labels.bincount(minlength=s.num_classes)
+        click.echo(f"{s.name}: {len(s):,} images, {s.num_classes} classes "
+                   f"(per class {counts.min().item():,}..{counts.max().item():,}), "
+                   f"mean RGB {[round(v, 4) for v in (s.images.float().mean((0, 2, 3)) / 255).tolist()]}")
+        for note in s.notes:
+            click.echo(f"  note: {note}")
+    click.echo(f"ok: {dataset} in {root}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
