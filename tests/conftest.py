@@ -1,0 +1,63 @@
+"""Fixtures: tiny CIFAR-format folders that the tests write themselves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_batch(path: Path, data: np.ndarray, labels, label_key="labels", bytes_keys=False, **extra):
+    obj = {"data": data, label_key: list(map(int, labels)), **extra}
+    if bytes_keys:  # the official files are python-2 pickles with bytes keys
+        obj = {k.encode(): v for k, v in obj.items()}
+    path.write_bytes(pickle.dumps(obj))
+
+
+def make_cifar10(root: Path, per_batch=20, n_test=30, seed=0, bytes_keys=False) -> Path:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                    rng.integers(0, 10, per_batch), bytes_keys=bytes_keys)
+    write_batch(folder / "test_batch", rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+                np.arange(n_test) % 10, bytes_keys=bytes_keys)
+    names = [f"class{i}" for i in range(10)]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return root
+
+
+def make_cifar100(root: Path, n_train=60, n_test=20, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        write_batch(folder / name, rng.integers(0, 256, (n, 3072), dtype=np.uint8), fine,
+                    label_key="fine_labels", coarse_labels=list(map(int, fine // 5)))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)],
+                                                "coarse_label_names": [f"c{i}" for i in range(20)]}))
+    return root
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path) -> Path:
+    return make_cifar10(tmp_path / "data")
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path) -> Path:
+    return make_cifar100(tmp_path / "data100")
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The data directory given to the test run (CI: the shared CIFAR-10 copy), when it holds CIFAR-10."""
+    root = os.environ.get("ORCHESTRATOR_DATA_DIR")
+    if not root or not (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("ORCHESTRATOR_DATA_DIR does not hold a CIFAR-10 copy")
+    return Path(root)
