@@ -18,7 +18,7 @@ from .train import TrainConfig, evaluate, train
 
 def environment() -> dict:
     """Versions and hardware, logged with every result."""
-    return {"orchestrator": __version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"orchestrator": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
             "threads": torch.get_num_threads()}
 

@@ -1,0 +1,84 @@
+import json
+
+import torch
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, pattern):
+    import re
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("Error")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.output
+
+
+def test_models_lists_the_zoo():
+    r = run("models")
+    assert r.exit_code == 0
+    assert "resnet20" in r.output and "269,722" in r.output and "853,018" in r.output and "mobilenetv2" in r.output
+
+
+def test_every_command_has_help():
+    for cmd in (["train"], ["eval"], ["models"], ["data", "check"]):
+        r = run(*cmd, "--help")
+        assert r.exit_code == 0 and "Usage" in r.output and len(r.output.splitlines()) > 3
+
+
+def test_data_check(cifar10_dir, cifar100_dir):
+    r = run("data", "check", "--data-dir", cifar10_dir)
+    assert r.exit_code == 0 and "cifar10/train: 100 images" in r.output and "note:" in r.output
+    r = run("data", "check", "--dataset", "cifar100", "--data-dir", cifar100_dir)
+    assert r.exit_code == 0 and "100 classes" in r.output
+
+
+def test_data_check_missing_folder(tmp_path):
+    one_line_error(run("data", "check", "--data-dir", tmp_path / "none", "--no-download"),
+                   "cifar10 not found: looked for .*none/cifar-10-batches-py")
+
+
+def test_train_then_eval(cifar10_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    r = run("train", "--arch", "resnet8", "--width-mult", 0.25, "--data-dir", cifar10_dir, "--epochs", 1,
+            "--batch-size", 32, "--val-size", 20, "--out", out, "--quiet", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and out.is_file() and not (tmp_path / "m.pt.state").exists()
+    r = run("eval", out, "--data-dir", cifar10_dir, "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["n"] == 30 and 0 <= result["acc"] <= 1 and result["arch"] == "resnet8"
+    r = run("eval", out, "--data-dir", cifar10_dir, "--split", "val", "--val-size", 20)
+    assert r.exit_code == 0 and "cifar10/val (20 images)" in r.output
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["train"]["epochs"] == 1 and "environment" in ckpt["config"]
+
+
+def test_fine_tune_from_checkpoint_keeps_its_normalization(cifar10_dir, tmp_path):
+    first = tmp_path / "a.pt"
+    assert run("train", "--arch", "resnet8", "--width-mult", 0.25, "--data-dir", cifar10_dir, "--epochs", 0, "--batch-size", 32,
+               "--out", first, "--quiet").exit_code == 0
+    second = tmp_path / "b.pt"
+    r = run("train", "--init", first, "--data-dir", cifar10_dir, "--epochs", 1, "--batch-size", 50,
+            "--out", second, "--quiet")
+    assert r.exit_code == 0, r.output
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert a["normalization"] == b["normalization"] and b["arch"] == "resnet8"
+
+
+def test_bad_values_are_one_line_errors(cifar10_dir, tmp_path):
+    one_line_error(run("train", "--epochs", -1), "Invalid value for '--epochs'")
+    one_line_error(run("train", "--arch", "resnet21", "--data-dir", cifar10_dir, "--epochs", 0),
+                   "unknown arch 'resnet21'")
+    one_line_error(run("train", "--schedule", "step"), "'step' is not one of")
+    one_line_error(run("train", "--data-dir", cifar10_dir, "--batch-size", 500, "--epochs", 1),
+                   "batch_size=500 exceeds")
+    one_line_error(run("train", "--data-dir", cifar10_dir, "--val-size", 100, "--epochs", 1),
+                   "val_size=100 must be in")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    one_line_error(run("eval", bad, "--data-dir", cifar10_dir), "bad.pt is not a readable checkpoint")
