@@ -25,11 +25,17 @@ class Augment:
 NO_AUGMENT = Augment(crop_padding=0, flip=False, cutout=0)
 
 
-def normalize(images: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> normalized float; mean/std are per channel in [0, 1] units."""
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    return ((images.float() - m) / s).to(dtype)
+def affine(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with normalized = uint8 * scale + shift; mean/std per channel in [0, 1]."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return 1 / (255 * s), -m / s
+
+
+def normalize(images: torch.Tensor, mean, std, dtype=torch.float32, coeffs=None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalized float (pass `coeffs` from `affine` to skip rebuilding them)."""
+    scale, shift = coeffs or affine(mean, std, images.device)
+    return torch.addcmul(shift, images.float(), scale).to(dtype)
 
 
 def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -82,6 +88,7 @@ class DeviceLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.dtype, self.channels_last = dtype, channels_last
         self.epoch = 0
+        self._coeffs = affine(mean, std, self.images.device)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -101,7 +108,7 @@ class DeviceLoader:
             idx = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
             if order is not None:
                 sel = order[idx]
-                x, y = self.images[sel], self.labels[sel]
+                x, y = self.images.index_select(0, sel), self.labels.index_select(0, sel)
             else:
                 x, y = self.images[idx], self.labels[idx]
             yield self.prepare(x, gen), y
@@ -112,7 +119,7 @@ class DeviceLoader:
             x = random_crop(x, aug.crop_padding, gen)
         if aug.flip:
             x = random_flip(x, gen)
-        x = normalize(x, self.mean, self.std, self.dtype)
+        x = normalize(x, self.mean, self.std, self.dtype, self._coeffs)
         if aug.cutout:
             x = cutout(x, aug.cutout, gen)
         if self.channels_last:
