@@ -1,0 +1,123 @@
+"""Activation memory of one inference: peak of live feature maps, by tensor liveness on the fx graph.
+
+The model is traced with torch.fx and run once on a zero input to get every tensor's shape. Each
+buffer lives from the node that writes it to its last reader, so a residual input kept for the
+skip connection is counted until the add, and a freed map is not. Rules (those of a memory-planning
+inference runtime, stated so the numbers can be checked by hand):
+- the input image counts (it is live until the first layer has read it);
+- views (flatten, reshape, slicing, ...) share their input's buffer;
+- an elementwise op (BN, ReLU/ReLU6, add, mul, dropout) writes into an input buffer of the same
+  shape whose last reader it is (BN folded, in-place activations); otherwise it allocates.
+Also reported: the sum of all feature maps (ShrinkBench's convention) and the largest single layer's
+input + output (the per-layer IFM/OFM convention of Distiller), each named.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import OrchestratorError
+
+VIEW_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem}
+VIEW_METHODS = {"view", "flatten", "reshape", "squeeze", "unsqueeze", "contiguous", "view_as", "expand"}
+ELEMENTWISE_FUNCS = {F.relu, F.relu6, torch.relu, operator.add, operator.mul, torch.add, torch.mul,
+                     F.dropout, torch.sigmoid, F.hardtanh, F.silu, operator.iadd}
+ELEMENTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "clamp"}
+ELEMENTWISE_MODULES = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout,
+                       nn.Identity, nn.SiLU, nn.Sigmoid)
+
+
+def trace(model: nn.Module, batch: int = 1) -> fx.GraphModule:
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:
+        raise OrchestratorError(f"cannot trace {type(model).__name__} with torch.fx ({exc})") from None
+    was_training = model.training
+    gm.eval()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(batch, 3, 32, 32))
+    gm.train(was_training)
+    return gm
+
+
+def _numel(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    n = 1
+    for d in meta.shape:
+        n *= int(d)
+    return n
+
+
+def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
+    """'view', 'elementwise' or 'alloc'."""
+    if node.op == "call_module":
+        return "elementwise" if isinstance(gm.get_submodule(node.target), ELEMENTWISE_MODULES) else "alloc"
+    if node.op == "call_function":
+        if node.target in VIEW_FUNCS:
+            return "view"
+        return "elementwise" if node.target in ELEMENTWISE_FUNCS else "alloc"
+    if node.op == "call_method":
+        if node.target in VIEW_METHODS:
+            return "view"
+        return "elementwise" if node.target in ELEMENTWISE_METHODS else "alloc"
+    return "alloc"
+
+
+def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.GraphModule | None = None) -> dict:
+    """Peak live activation bits at inference, plus the conventions the literature uses."""
+    if batch < 1:
+        raise OrchestratorError(f"batch={batch} must be >= 1")
+    if not 1 <= bits <= 32:
+        raise OrchestratorError(f"activation bits={bits} must be in 1..32")
+    gm = gm if gm is not None else trace(model, batch)
+    nodes = list(gm.graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    root: dict[fx.Node, fx.Node] = {}  # node -> the node that allocated the buffer it lives in
+    size: dict[fx.Node, int] = {}  # buffer (its allocating node) -> elements
+    last_use: dict[fx.Node, int] = {}  # buffer -> index of its last reader
+    tensor_inputs: dict[fx.Node, list[fx.Node]] = {}
+    for n in nodes:
+        numel = _numel(n)
+        tensor_inputs[n] = [a for a in n.all_input_nodes if a in root]
+        if numel is None or n.op == "output":
+            continue
+        kind, ins = _kind(gm, n), tensor_inputs[n]
+        root[n] = n
+        if kind == "view" and ins:
+            root[n] = root[ins[0]]
+        elif kind == "elementwise":
+            # overwrite an input buffer of the same size that nobody reads after this node
+            reusable = [a for a in ins if size[root[a]] == numel and last_use[root[a]] == index[n]]
+            if reusable:
+                root[n] = root[reusable[0]]
+        r = root[n]
+        size.setdefault(r, numel)
+        last_use[r] = max(last_use.get(r, index[n]), max((index[u] for u in n.users), default=index[n]))
+    for a in nodes[-1].all_input_nodes:  # the model's outputs stay live to the end
+        if a in root:
+            last_use[root[a]] = len(nodes)
+    birth = {r: index[r] for r in size}
+    peak, peak_at = 0, nodes[0]
+    for n in nodes:
+        i = index[n]
+        live = sum(size[r] for r in size if birth[r] <= i <= last_use[r])
+        if live > peak:
+            peak, peak_at = live, n
+    live_at_peak = sorted((r.name for r in size if birth[r] <= index[peak_at] <= last_use[r]))
+    layers = []
+    for n in nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear)):
+            ins = sum(_numel(a) for a in tensor_inputs[n])
+            layers.append((ins + _numel(n), n.target))
+    largest = max(layers, default=(0, ""))
+    return {"batch": batch, "bits": bits,
+            "peak_bits": peak * bits, "peak_elements": peak, "peak_at": peak_at.name, "live_at_peak": live_at_peak,
+            "sum_bits": sum(size.values()) * bits,
+            "largest_layer_bits": largest[0] * bits, "largest_layer": largest[1]}

@@ -1,0 +1,32 @@
+"""Multiply-accumulates per conv/linear layer, dense and sparse, from the shapes of one traced inference.
+
+A conv weight element is used once per output pixel, so sparse MACs = batch x H_out x W_out x nonzeros
+(grouped and depthwise convs included); a linear weight element once per sample.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+
+def layer_macs(gm: fx.GraphModule) -> dict[str, dict]:
+    """{module name: {'macs': dense, 'macs_sparse': sparse}} for every conv and linear call."""
+    out: dict[str, dict] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        shape = node.meta["tensor_meta"].shape
+        weight = module.weight
+        if isinstance(module, nn.Conv2d):
+            uses = shape[0] * shape[2] * shape[3]  # batch x output pixels
+        else:
+            uses = 1
+            for d in shape[:-1]:
+                uses *= int(d)
+        row = out.setdefault(node.target, {"macs": 0, "macs_sparse": 0})
+        row["macs"] += uses * weight.numel()
+        row["macs_sparse"] += uses * int((weight != 0).sum())
+    return out
