@@ -37,6 +37,7 @@ class Checkpoint:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     source: str = FORMAT  # FORMAT, or "public-resnet" for an imported public checkpoint
+    quantization: dict = field(default_factory=dict)  # module name -> {"format", "bits"} of its weight
 
     def build(self, device="cpu") -> nn.Module:
         """Rebuild the model this checkpoint describes, with its weights, in eval mode."""
@@ -44,6 +45,11 @@ class Checkpoint:
             model = build_model(self.arch, self.num_classes, self.widths)
         except ModelSpecError as exc:
             raise CheckpointError(f"checkpoint describes an invalid model: {exc}") from None
+        for name, q in self.quantization.items():
+            module = model.get_submodule(name)
+            module.weight_format, module.weight_bits = q["format"], q["bits"]
+            if q["format"] in ("int", "binary"):
+                module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
         _load_state(model, self.state_dict)
         return model.to(device).eval()
 
@@ -51,7 +57,7 @@ class Checkpoint:
         return {"format": FORMAT, "version": VERSION, "arch": self.arch, "widths": self.widths,
                 "num_classes": self.num_classes, "dataset": self.dataset,
                 "normalization": self.normalization, "config": self.config, "metrics": self.metrics,
-                "state_dict": self.state_dict}
+                "quantization": self.quantization, "state_dict": self.state_dict}
 
 
 def _load_state(model: nn.Module, state: dict) -> None:
@@ -69,8 +75,11 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
     if masked:
         raise CheckpointError(f"model still carries pruning masks ({masked[0]}, ...): make them "
                               "permanent (prune.remove) before saving a final checkpoint")
+    quantization = {name: {"format": m.weight_format, "bits": m.weight_bits}
+                    for name, m in model.named_modules() if hasattr(m, "weight_format")}
     return Checkpoint(model.arch, model.widths, model.num_classes, state, dataset,
-                      {k: list(v) for k, v in normalization.items()}, config or {}, metrics or {})
+                      {k: list(v) for k, v in normalization.items()}, config or {}, metrics or {},
+                      quantization=quantization)
 
 
 def save_checkpoint(path, ckpt: Checkpoint) -> Path:
@@ -87,6 +96,10 @@ def load_checkpoint(path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] not in (b"PK", b"\x80\x02"):  # torch.save zip archive, or legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint (neither a torch zip archive nor a legacy torch pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -99,7 +112,8 @@ def load_checkpoint(path) -> Checkpoint:
             raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} unsupported; allowed: {VERSION}")
         try:
             return Checkpoint(obj["arch"], obj["widths"], obj["num_classes"], obj["state_dict"],
-                              obj["dataset"], obj["normalization"], obj["config"], obj["metrics"])
+                              obj["dataset"], obj["normalization"], obj["config"], obj["metrics"],
+                              quantization=obj.get("quantization", {}))
         except KeyError as exc:
             raise CheckpointError(f"{path}: checkpoint lacks the {exc.args[0]!r} field") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -139,6 +139,64 @@ def models(num_classes):
     click.echo("Any ResNet depth 6n+2 works too (resnet8, resnet1202, ...). Counts: weights, biases, BN affine.")
 
 
+def _load_any(path):
+    """A model from a checkpoint or an export file, and its dataset/normalization."""
+    from .checkpoint import load_model
+    from .footprint.export import is_export, load_export
+
+    if is_export(path):
+        model, header = load_export(path)
+        return model, header["dataset"], header["normalization"]
+    model, ckpt = load_model(path)
+    return model, ckpt.dataset, ckpt.normalization
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per inference (>= 1).")
+@click.option("--act-bits", type=int, default=32, show_default=True, help="Bits per activation value (1..32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the footprint as JSON.")
+@click.option("--layers/--no-layers", default=True, show_default=True, help="Print the per-tensor table.")
+@_one_line_errors
+def footprint(path, batch, act_bits, as_json, layers):
+    """Memory footprint of a checkpoint or export: parameter bits, peak activations, MACs."""
+    from .footprint import format_report, measure
+
+    model, _, _ = _load_any(path)
+    fp = measure(model, batch=batch, act_bits=act_bits)
+    click.echo(fp.model_dump_json(indent=1) if as_json else format_report(fp, per_layer=layers))
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_one_line_errors
+def export_(checkpoint, out):
+    """Write a checkpoint as a compact file (packed bits, sparse encodings) and compare with the accounting."""
+    from .footprint.export import export
+
+    model, dataset, normalization = _load_any(checkpoint)
+    info = export(model, out, dataset=dataset, normalization=normalization)
+    click.echo(f"{out}: {info['file_bytes']:,} bytes = payload {info['payload_bytes']:,} + header "
+               f"{info['header_bytes']:,}; accounted parameters {info['accounted_bytes']:,.1f} bytes "
+               f"(payload/accounted {info['payload_bytes'] / info['accounted_bytes']:.4f})")
+
+
+@main.command("import")
+@click.argument("export_file", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_one_line_errors
+def import_(export_file, out):
+    """Rebuild a checkpoint from an export file (to fine-tune or evaluate it)."""
+    from .checkpoint import from_model, save_checkpoint
+    from .footprint.export import load_export
+
+    model, header = load_export(export_file)
+    save_checkpoint(out, from_model(model, header["dataset"], header["normalization"] or {},
+                                    {"imported_from": str(export_file)}))
+    click.echo(f"{out}: {model.arch} rebuilt from {export_file}")
+
+
 @main.group()
 def data():
     """Dataset utilities."""

@@ -61,7 +61,7 @@ def test_truncated_file(tmp_path):
 
 def test_foreign_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"hello, not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt is not a checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="neither an orchestrator checkpoint nor a public"):

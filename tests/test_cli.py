@@ -81,4 +81,27 @@ def test_bad_values_are_one_line_errors(cifar10_dir, tmp_path):
                    "val_size=100 must be in")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    one_line_error(run("eval", bad, "--data-dir", cifar10_dir), "bad.pt is not a readable checkpoint")
+    one_line_error(run("eval", bad, "--data-dir", cifar10_dir), "bad.pt is not a checkpoint")
+
+
+def test_footprint_export_import(tmp_path):
+    from orchestrator.checkpoint import from_model, save_checkpoint
+    from orchestrator.models import build_model
+
+    ckpt = tmp_path / "r8.pt"
+    save_checkpoint(ckpt, from_model(build_model("resnet8"), "cifar10", {"mean": [0.5] * 3, "std": [0.25] * 3}))
+    r = run("footprint", ckpt, "--json")
+    assert r.exit_code == 0, r.output
+    fp = json.loads(r.output)
+    assert fp["param_bits"] == 32 * fp["params"] and fp["activation_peak_bits"] == 3 * 16 * 1024 * 32
+    r = run("footprint", ckpt, "--act-bits", 8)
+    assert r.exit_code == 0 and "layer1.0.conv1.weight" in r.output and "8-bit" in r.output
+    r = run("export", ckpt, tmp_path / "r8.orcx")
+    assert r.exit_code == 0 and "payload/accounted 1.0000" in r.output
+    r = run("footprint", tmp_path / "r8.orcx", "--json")
+    assert json.loads(r.output)["param_bits"] == fp["param_bits"]
+    r = run("import", tmp_path / "r8.orcx", tmp_path / "back.pt")
+    assert r.exit_code == 0 and (tmp_path / "back.pt").is_file()
+    one_line_error(run("footprint", ckpt, "--batch", 0), "batch=0 must be an integer >= 1")
+    one_line_error(run("footprint", ckpt, "--act-bits", 64), "act_bits=64 must be an integer in 1..32")
+    one_line_error(run("footprint", tmp_path / "missing.pt"), "missing.pt does not exist")

@@ -91,6 +91,9 @@ def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: dict | None = None) -> dict:
     """Write `model` compressed as its footprint accounts it; returns sizes in bytes."""
+    if not hasattr(model, "arch"):
+        raise CheckpointError(f"cannot export a {type(model).__name__}: only models built by "
+                              "orchestrator.models carry the architecture spec an export needs")
     rows = parameter_rows(model)
     entries, payload = [], bytearray()
     for row in rows:

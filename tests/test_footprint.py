@@ -1,0 +1,196 @@
+"""Footprint accounting against numbers computed by hand, and export round trips."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from orchestrator.checkpoint import from_model, load_model, save_checkpoint
+from orchestrator.errors import CheckpointError, OrchestratorError
+from orchestrator.footprint import MICRONET_OPS, MICRONET_PARAMS, measure
+from orchestrator.footprint.export import export, load_export
+from orchestrator.footprint.params import encode_costs, tensor_row
+from orchestrator.models import build_model
+from orchestrator.quantize import quantize_weight_
+
+MAP = 32 * 32  # pixels of one CIFAR feature map at full resolution
+
+
+class Toy(nn.Module):
+    """conv 3->4 (3x3, no bias) -> BN -> ReLU -> global pool -> linear 4->10."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Residual(nn.Module):
+    """Two 1x1 convs 3->3 and a skip: the block input must stay alive until the add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 1, bias=False)
+        self.conv2 = nn.Conv2d(3, 3, 1, bias=False)
+
+    def forward(self, x):
+        y = self.conv2(F.relu(self.conv1(x)))
+        return F.relu(y + x)
+
+
+def test_toy_parameters_activations_and_macs_by_hand():
+    fp = measure(Toy())
+    # 108 conv weights + 8 BN (scale, shift per channel) + 40 linear weights + 10 biases
+    assert fp.params == 166 and fp.param_bits == 166 * 32
+    # peak while the conv runs: input 3x32x32 + output 4x32x32 (BN and ReLU write in place)
+    assert fp.activation_peak_bits == (3 + 4) * MAP * 32 and fp.activation_peak_at == "conv"
+    # buffers: input, conv output, pooled 4, logits 10
+    assert fp.activation_sum_bits == (3 * MAP + 4 * MAP + 4 + 10) * 32
+    assert fp.largest_layer == "conv" and fp.largest_layer_bits == 7 * MAP * 32
+    assert fp.macs == MAP * 108 + 40 and fp.macs_sparse == fp.macs
+    assert fp.total_bits == fp.param_bits + fp.activation_peak_bits
+    ops = 2 * fp.macs  # 32-bit multiply (full op) + add
+    assert fp.micronet_score == pytest.approx(166 / MICRONET_PARAMS + ops / MICRONET_OPS)
+
+
+def test_residual_skip_stays_alive():
+    fp = measure(Residual(), batch=2, act_bits=8)
+    # conv2 runs while x (skip), conv1's output and conv2's output are all live: 3 maps of 3 channels
+    assert fp.activation_peak_bits == 2 * 3 * (3 * MAP) * 8
+    assert fp.activation_peak_at == "conv2"
+    assert fp.params == 18 and fp.param_bits == 18 * 32
+
+
+def test_encodings_by_hand():
+    t = torch.zeros(100)
+    t[[0, 1, 50, 99]] = 1.0
+    costs = encode_costs(t, 32)
+    assert costs["dense"]["bits"] == 3200
+    assert costs["bitmask"]["bits"] == 100 + 4 * 32
+    # gaps 0, 0, 48, 48: k=6 needs no filler -> 4 x (32 + 6); k=5 needs two fillers -> 6 x 37 = 222
+    assert costs["relative_index"] == {"bits": 152, "index_bits": 6, "fillers": 0}
+    row = tensor_row("w", t, 32)
+    assert row["encoding"] == "relative_index" and row["storage_bits"] == 152 and row["nonzero"] == 4
+    dense = tensor_row("w", torch.ones(10), 8, scales=2)
+    assert dense["encoding"] == "dense" and dense["storage_bits"] == 80 + 2 * 32
+
+
+def test_binary_cannot_store_zeros_densely():
+    t = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    costs = encode_costs(t, 1)
+    assert "dense" not in costs and costs["bitmask"]["bits"] == 4 + 3
+    assert "dense" in encode_costs(torch.tensor([1.0, -1.0]), 1)
+
+
+@pytest.mark.parametrize("arch,params", [("resnet20", 269_722), ("resnet56", 853_018)])
+def test_resnet_dense_fp32(arch, params):
+    fp = measure(build_model(arch))
+    # BN counted as scale + shift (running statistics folded): exactly the published count x 32 bits
+    assert fp.param_bits == params * 32 and fp.params == params
+    # peak at batch 1: block input kept for the skip + conv1 output + conv2 output, 16 x 32 x 32 each
+    assert fp.activation_peak_bits == 3 * 16 * MAP * 32
+    assert measure(build_model(arch), batch=4).activation_peak_bits == 4 * 3 * 16 * MAP * 32
+
+
+def _global_prune(model, amount):
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    prune.global_unstructured(params, prune.L1Unstructured, amount=amount)
+    return params
+
+
+def test_masks_attached_or_removed_give_the_same_footprint():
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    params = _global_prune(model, 0.7)
+    masked = measure(model)
+    assert masked.nonzero < 0.35 * masked.params  # effective weights, not weight_orig
+    for m, name in params:
+        prune.remove(m, name)
+    assert measure(model) == masked
+
+
+def _bn_stats(model):
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32))
+    return model.eval()
+
+
+def _variant(name):
+    torch.manual_seed(0)
+    model = _bn_stats(build_model("resnet20"))
+    sparsity, fmt, bits = {"fp32": (0, None, None), "fp16": (0, "fp16", None), "int8": (0, "int", 8),
+                           "int4": (0, "int", 4), "binary": (0, "binary", None),
+                           "sparse50": (0.5, None, None), "sparse90": (0.9, None, None),
+                           "sparse90-int4": (0.9, "int", 4), "sparse90-binary": (0.9, "binary", None)}[name]
+    if sparsity:
+        for m, n in _global_prune(model, sparsity):
+            prune.remove(m, n)
+    if fmt:
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                quantize_weight_(m, fmt, bits)
+    return model
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "int8", "int4", "binary", "sparse50", "sparse90",
+                                  "sparse90-int4", "sparse90-binary"])
+def test_export_round_trip(tmp_path, name):
+    model = _variant(name)
+    fp = measure(model)
+    info = export(model, tmp_path / "m.orcx")
+    assert info["accounted_bytes"] == fp.param_bits / 8
+    # each tensor's streams are padded to whole bytes: at most 3 bytes per tensor over the accounting
+    assert 0 <= info["payload_bytes"] - info["accounted_bytes"] <= 3 * len(fp.tensors)
+    assert info["payload_bytes"] <= 1.01 * info["accounted_bytes"]
+    assert info["file_bytes"] == info["payload_bytes"] + info["header_bytes"]
+    loaded, header = load_export(tmp_path / "m.orcx")
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), loaded(x)
+    assert torch.equal(ref.argmax(1), out.argmax(1))
+    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)  # BN folded: float rounding only
+    for (n, a), (_, b) in zip(model.named_modules(), loaded.named_modules()):
+        if isinstance(a, (nn.Conv2d, nn.Linear)):
+            assert torch.equal(a.weight, b.weight), n  # weights bit-exact
+    assert measure(loaded).param_bits == fp.param_bits
+
+
+def test_quantized_checkpoint_round_trip(tmp_path):
+    model = _variant("sparse90-int4")
+    save_checkpoint(tmp_path / "q.pt", from_model(model, "cifar10", {"mean": [0] * 3, "std": [1] * 3}))
+    loaded, ckpt = load_model(tmp_path / "q.pt")
+    assert ckpt.quantization["layer1.0.conv1"] == {"format": "int", "bits": 4}
+    assert measure(loaded) == measure(model)
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path / "x.orcx").write_bytes(b"not an export")
+    with pytest.raises(CheckpointError, match="not an orchestrator export"):
+        load_export(tmp_path / "x.orcx")
+    export(build_model("resnet8"), tmp_path / "t.orcx")
+    data = (tmp_path / "t.orcx").read_bytes()
+    (tmp_path / "t.orcx").write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_export(tmp_path / "t.orcx")
+    with pytest.raises(CheckpointError, match="cannot export a Toy"):
+        export(Toy(), tmp_path / "toy.orcx")
+    conv = nn.Conv2d(3, 3, 3)
+    for bits in (0, 1, 33, "eight"):
+        with pytest.raises(OrchestratorError, match=f"bits={bits!r} not supported for 'int'; allowed: integers 2..16"):
+            quantize_weight_(conv, "int", bits)
+    with pytest.raises(OrchestratorError, match="unknown weight format 'int3'"):
+        quantize_weight_(conv, "int3")
+    with pytest.raises(OrchestratorError, match="batch=-1 must be an integer >= 1"):
+        measure(Toy(), batch=-1)
+    with pytest.raises(OrchestratorError, match="act_bits=0"):
+        measure(Toy(), act_bits=0)
+    with pytest.raises(OrchestratorError, match="no parameters"):
+        measure(nn.ReLU())
