@@ -75,7 +75,7 @@ def measure(model: nn.Module, batch: int = 1, act_bits: int = 32) -> Footprint:
         raise OrchestratorError(f"{type(model).__name__} has no parameters to account for")
     gm = trace(model, batch)
     act = activation_report(model, batch, act_bits, gm)
-    macs = layer_macs(gm)
+    macs = layer_macs(gm, model)
     tensors = []
     for row in rows:
         module = row["name"].rsplit(".", 1)[0] if "." in row["name"] else ""

@@ -14,6 +14,7 @@ input + output (the per-layer IFM/OFM convention of Distiller), each named.
 
 from __future__ import annotations
 
+import copy
 import operator
 
 import torch
@@ -32,16 +33,29 @@ ELEMENTWISE_MODULES = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.Ha
                        nn.Identity, nn.SiLU, nn.Sigmoid)
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose tensors live on the meta device: structure and shapes, no data."""
+    memo: dict[int, torch.Tensor] = {}
+    for m in model.modules():
+        for value in [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]:
+            if isinstance(value, torch.Tensor) and id(value) not in memo:
+                meta = torch.empty_like(value, device="meta")
+                memo[id(value)] = nn.Parameter(meta, value.requires_grad) if isinstance(value, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
 def trace(model: nn.Module, batch: int = 1) -> fx.GraphModule:
+    """fx graph of a meta-device copy of `model`, every node annotated with its output shape.
+
+    No arithmetic is done (fast on any model), and hooks such as those of torch.nn.utils.prune
+    run on the copy, never on the caller's model.
+    """
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(_meta_copy(model).eval())
     except Exception as exc:
         raise OrchestratorError(f"cannot trace {type(model).__name__} with torch.fx ({exc})") from None
-    was_training = model.training
-    gm.eval()
     with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(batch, 3, 32, 32))
-    gm.train(was_training)
+        ShapeProp(gm).propagate(torch.zeros(batch, 3, 32, 32, device="meta"))
     return gm
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 from torch import fx, nn
 
 
-def layer_macs(gm: fx.GraphModule) -> dict[str, dict]:
-    """{module name: {'macs': dense, 'macs_sparse': sparse}} for every conv and linear call."""
+def layer_macs(gm: fx.GraphModule, model: nn.Module) -> dict[str, dict]:
+    """{module name: {'macs': dense, 'macs_sparse': sparse}} for every conv and linear call.
+
+    Shapes come from the traced graph `gm`, weights (nonzeros) from `model` itself.
+    """
     out: dict[str, dict] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        module = gm.get_submodule(node.target)
+        module = model.get_submodule(node.target)
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         shape = node.meta["tensor_meta"].shape
