@@ -1,0 +1,132 @@
+"""Unstructured pruning primitives: importance, selection, application, schedule.
+
+Methods (global magnitude, layer-wise magnitude, random, iterative prune + retrain) are short
+compositions of these functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ..errors import OrchestratorError
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear layers by qualified name; an error if there are none."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not layers:
+        raise OrchestratorError(f"{type(model).__name__} has no prunable (conv or linear) layers")
+    return layers
+
+
+def check_ratio(ratio) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise OrchestratorError(f"pruning ratio={ratio!r} must be a number in [0, 1)")
+    return float(ratio)
+
+
+# importance ------------------------------------------------------------------------------------
+
+def magnitude(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """|w| of the effective weights (already-pruned weights score 0)."""
+    return {n: m.weight.detach().abs() for n, m in layers.items()}
+
+
+def random_scores(layers: dict[str, nn.Module], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random scores (the control); already-pruned weights keep scoring lowest."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.rand(m.weight.shape, generator=g) + 1) * (m.weight.detach() != 0)
+            for n, m in layers.items()}
+
+
+# selection -------------------------------------------------------------------------------------
+
+def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    if keep > 0:
+        mask[torch.topk(scores.reshape(-1).float(), keep, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+def select_global(scores: dict[str, torch.Tensor], ratio: float, min_keep: int = 1) -> dict[str, torch.Tensor]:
+    """Masks that remove exactly round(ratio x total) lowest-scoring weights across all layers.
+
+    Every layer keeps at least `min_keep` weights (its best ones), so no layer is cut off entirely.
+    """
+    ratio = check_ratio(ratio)
+    total = sum(s.numel() for s in scores.values())
+    keep_total = total - round(ratio * total)
+    reserved = {n: _keep_top(s, min(min_keep, s.numel())) for n, s in scores.items()}
+    flat = torch.cat([s.reshape(-1).float().masked_fill(reserved[n].reshape(-1), math.inf)
+                      for n, s in scores.items()])
+    keep_total = max(keep_total, sum(int(r.sum()) for r in reserved.values()))
+    kept = torch.zeros(total, dtype=torch.bool)
+    kept[torch.topk(flat, keep_total, sorted=False).indices] = True
+    masks, pos = {}, 0
+    for n, s in scores.items():
+        masks[n] = kept[pos:pos + s.numel()].view(s.shape).clone()
+        pos += s.numel()
+    return masks
+
+
+def select_per_layer(scores: dict[str, torch.Tensor], ratios: dict[str, float] | float,
+                     min_keep: int = 1) -> dict[str, torch.Tensor]:
+    """Masks removing round(ratio x size) weights in each layer (one ratio, or one per layer name)."""
+    masks = {}
+    for n, s in scores.items():
+        r = check_ratio(ratios if isinstance(ratios, (int, float)) else ratios.get(n, 0.0))
+        masks[n] = _keep_top(s, max(min(min_keep, s.numel()), s.numel() - round(r * s.numel())))
+    return masks
+
+
+# application -----------------------------------------------------------------------------------
+
+def apply_masks_(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    """Attach masks with torch.nn.utils.prune (combined with any mask already there)."""
+    for n, mask in masks.items():
+        prune.custom_from_mask(layers[n], "weight", mask.to(layers[n].weight.device))
+
+
+def finalize_(model: nn.Module) -> nn.Module:
+    """Make every mask permanent: plain `weight` tensors, no `weight_orig` / `weight_mask` left."""
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
+    return model
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of zero weights per prunable layer and overall ('total')."""
+    layers = prunable_layers(model)
+    zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
+    sizes = {n: m.weight.numel() for n, m in layers.items()}
+    out = {n: zeros[n] / sizes[n] for n in layers}
+    out["total"] = sum(zeros.values()) / sum(sizes.values())
+    return out
+
+
+# schedule --------------------------------------------------------------------------------------
+
+def schedule(target: float, rounds: int, kind: str = "geometric") -> list[float]:
+    """Cumulative sparsity after each round, ending at `target`.
+
+    one_shot: [target]; geometric (Han et al.): the kept fraction shrinks by the same factor each
+    round; cubic (Zhu & Gupta's AGP): s_t = target (1 - (1 - t/rounds)^3), fast early, slow late.
+    """
+    target = check_ratio(target)
+    if rounds < 1:
+        raise OrchestratorError(f"rounds={rounds} must be >= 1")
+    if kind == "one_shot":
+        return [target]
+    if kind == "geometric":
+        return [1 - (1 - target) ** ((t + 1) / rounds) for t in range(rounds)]
+    if kind == "cubic":
+        return [target * (1 - (1 - (t + 1) / rounds) ** 3) for t in range(rounds)]
+    raise OrchestratorError(f"unknown schedule {kind!r}; allowed: one_shot, geometric, cubic")
