@@ -61,3 +61,14 @@ def real_data_dir() -> Path:
     if not root or not (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("ORCHESTRATOR_DATA_DIR does not hold a CIFAR-10 copy")
     return Path(root)
+
+
+def with_bn_stats(model):
+    """Give BN non-trivial running statistics (a lost buffer would then change outputs); eval mode."""
+    import torch
+
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32) * 2 + 1)
+    return model.eval()

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
+from conftest import with_bn_stats
 from orchestrator.checkpoint import from_model, load_checkpoint, load_model, save_checkpoint
 from orchestrator.errors import CheckpointError
 from orchestrator.models import build_model, default_widths
@@ -9,19 +10,11 @@ from orchestrator.models import build_model, default_widths
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
-def _trained_like(model):
-    """Non-trivial BN running statistics, so a lost buffer would change the outputs."""
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, 32, 32) * 2 + 1)
-    return model.eval()
-
 
 def test_round_trip_gives_identical_outputs(tmp_path):
     widths = default_widths("resnet20")
     widths["blocks"] = [[3, 16, 7], [32, 2, 11], [5, 64, 64]]
-    model = _trained_like(build_model("resnet20", 100, widths))
+    model = with_bn_stats(build_model("resnet20", 100, widths))
     ckpt = from_model(model, "cifar100", NORM, {"lr": 0.1}, {"test_acc": 0.5})
     path = save_checkpoint(tmp_path / "m.pt", ckpt)
     loaded, meta = load_model(path)
@@ -34,7 +27,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
 
 @pytest.mark.parametrize("arch", ["resnet32", "resnet20b"])
 def test_public_reference_format_loads_any_depth(tmp_path, arch):
-    model = _trained_like(build_model(arch))
+    model = with_bn_stats(build_model(arch))
     state = {f"module.{k}": v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
     torch.save({"best_prec1": 91.25, "state_dict": state}, tmp_path / "public.th")
     loaded, meta = load_model(tmp_path / "public.th")
@@ -47,7 +40,7 @@ def test_public_reference_format_loads_any_depth(tmp_path, arch):
 def test_public_format_with_pruned_widths(tmp_path):
     widths = default_widths("resnet20")
     widths["blocks"][1] = [4, 5, 6]
-    model = _trained_like(build_model("resnet20", 10, widths))
+    model = with_bn_stats(build_model("resnet20", 10, widths))
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "p.th")
     assert load_checkpoint(tmp_path / "p.th").widths["blocks"][1] == [4, 5, 6]
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from conftest import with_bn_stats
 from orchestrator.checkpoint import from_model, load_model, save_checkpoint
 from orchestrator.errors import CheckpointError, OrchestratorError
 from orchestrator.footprint import MICRONET_OPS, MICRONET_PARAMS, measure
@@ -115,17 +116,10 @@ def test_masks_attached_or_removed_give_the_same_footprint():
     assert measure(model) == masked
 
 
-def _bn_stats(model):
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, 32, 32))
-    return model.eval()
-
 
 def _variant(name):
     torch.manual_seed(0)
-    model = _bn_stats(build_model("resnet20"))
+    model = with_bn_stats(build_model("resnet20"))
     sparsity, fmt, bits = {"fp32": (0, None, None), "fp16": (0, "fp16", None), "int8": (0, "int", 8),
                            "int4": (0, "int", 4), "binary": (0, "binary", None),
                            "sparse50": (0.5, None, None), "sparse90": (0.9, None, None),

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from conftest import with_bn_stats
+from orchestrator.checkpoint import from_model, load_model, save_checkpoint
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import build_model, count_parameters
+from orchestrator.pruning.surgery import channel_groups, filter_l1, remove_channels
+
+
+
+def _half_of_every_group(model):
+    keep = {}
+    for name, g in channel_groups(model).items():
+        scores = filter_l1(model, g)
+        keep[name] = torch.topk(scores, max(1, len(scores) // 2)).indices
+    return keep
+
+
+@torch.no_grad()
+def _zero_removed(model, keep):
+    """Zero the removed channels in place: producer filters and their BN scale and shift."""
+    for name, g in channel_groups(model).items():
+        if name not in keep:
+            continue
+        drop = torch.ones(model.get_submodule(g.producer).out_channels, dtype=torch.bool)
+        drop[keep[name]] = False
+        model.get_submodule(g.producer).weight[drop] = 0
+        for bn in g.bns + g.depthwise:
+            m = model.get_submodule(bn)
+            m.weight[drop] = 0
+            if getattr(m, "bias", None) is not None:
+                m.bias[drop] = 0
+
+
+@pytest.mark.parametrize("arch,mult", [("resnet20", 1.0), ("resnet20b", 1.0), ("vgg11", 0.25),
+                                       ("mobilenetv2", 0.25)])
+def test_removed_channels_give_the_same_outputs_as_zeroed_ones(arch, mult):
+    torch.manual_seed(0)
+    model = with_bn_stats(build_model(arch, width_mult=mult))
+    keep = _half_of_every_group(model)
+    _zero_removed(model, keep)
+    small = remove_channels(model, keep)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), small(x), atol=1e-5, rtol=1e-4)
+    assert count_parameters(small) < count_parameters(model)
+
+
+def test_resnet_widths_and_reload(tmp_path):
+    model = with_bn_stats(build_model("resnet20"))
+    small = remove_channels(model, {"layer2.1.conv1": torch.tensor([0, 5, 7]), "layer1.0.conv1": torch.arange(4)})
+    assert small.widths["blocks"][1] == [32, 3, 32] and small.widths["blocks"][0][0] == 4
+    assert small.layer2[1].conv2.in_channels == 3
+    assert torch.equal(small.layer2[1].conv1.weight, model.layer2[1].conv1.weight[[0, 5, 7]])
+    save_checkpoint(tmp_path / "s.pt", from_model(small, "cifar10", {"mean": [0] * 3, "std": [1] * 3}))
+    loaded, ckpt = load_model(tmp_path / "s.pt")
+    assert ckpt.widths == small.widths and not any(k.endswith(("_orig", "_mask")) for k in ckpt.state_dict)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+
+
+def test_bad_requests():
+    model = build_model("resnet8")
+    with pytest.raises(OrchestratorError, match="unknown channel group 'layer9.conv1'"):
+        remove_channels(model, {"layer9.conv1": torch.tensor([0])})
+    with pytest.raises(OrchestratorError, match=r"indices in \[0, 15\]"):
+        remove_channels(model, {"layer1.0.conv1": torch.tensor([16])})
+    with pytest.raises(OrchestratorError, match="kept channels must be 1..16"):
+        remove_channels(model, {"layer1.0.conv1": torch.tensor([], dtype=torch.long)})
+    prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    with pytest.raises(OrchestratorError, match="finalize_"):
+        remove_channels(model, {"layer1.0.conv1": torch.tensor([0])})
