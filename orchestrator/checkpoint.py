@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError, ModelSpecError
 from .models import build_model
+from .quantize import SCALED_FORMATS
 
 FORMAT = "orchestrator.checkpoint"
 VERSION = 1
@@ -48,7 +49,7 @@ class Checkpoint:
         for name, q in self.quantization.items():
             module = model.get_submodule(name)
             module.weight_format, module.weight_bits = q["format"], q["bits"]
-            if q["format"] in ("int", "binary"):
+            if q["format"] in SCALED_FORMATS:
                 module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
         _load_state(model, self.state_dict)
         return model.to(device).eval()

@@ -17,6 +17,8 @@ from torch import nn
 from .errors import OrchestratorError
 
 FORMATS = ("int", "binary", "fp16", "bf16")
+SCALED_FORMATS = ("int", "binary")  # stored as integer codes x a per-channel `weight_scale`
+FLOAT_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # float formats -> torch dtype names
 
 
 def int_range(bits: int) -> tuple[int, int]:

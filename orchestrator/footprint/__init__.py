@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from ..errors import OrchestratorError
-from .activations import activation_report, trace
+from .activations import activation_report, check_inputs, trace
 from .ops import layer_macs
 from .params import parameter_rows
 
@@ -66,10 +66,7 @@ class Footprint(BaseModel):
 
 def measure(model: nn.Module, batch: int = 1, act_bits: int = 32) -> Footprint:
     """Footprint of `model` for one inference of `batch` images with `act_bits`-bit activations."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise OrchestratorError(f"batch={batch!r} must be an integer >= 1")
-    if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 1 <= act_bits <= 32:
-        raise OrchestratorError(f"act_bits={act_bits!r} must be an integer in 1..32")
+    check_inputs(batch, act_bits)
     rows = parameter_rows(model)
     if not rows:
         raise OrchestratorError(f"{type(model).__name__} has no parameters to account for")

@@ -1,6 +1,6 @@
 """Activation memory of one inference: peak of live feature maps, by tensor liveness on the fx graph.
 
-The model is traced with torch.fx and run once on a zero input to get every tensor's shape. Each
+A meta-device copy of the model is traced with torch.fx to get every tensor's shape (no arithmetic). Each
 buffer lives from the node that writes it to its last reader, so a residual input kept for the
 skip connection is counted until the add, and a freed map is not. Rules (those of a memory-planning
 inference runtime, stated so the numbers can be checked by hand):
@@ -84,12 +84,17 @@ def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     return "alloc"
 
 
+def check_inputs(batch, bits) -> None:
+    """Batch size and activation bit-width as the footprint accepts them."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise OrchestratorError(f"batch={batch!r} must be an integer >= 1")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
+        raise OrchestratorError(f"act_bits={bits!r} must be an integer in 1..32")
+
+
 def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.GraphModule | None = None) -> dict:
     """Peak live activation bits at inference, plus the conventions the literature uses."""
-    if batch < 1:
-        raise OrchestratorError(f"batch={batch} must be >= 1")
-    if not 1 <= bits <= 32:
-        raise OrchestratorError(f"activation bits={bits} must be in 1..32")
+    check_inputs(batch, bits)
     gm = gm if gm is not None else trace(model, batch)
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}

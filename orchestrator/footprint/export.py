@@ -23,8 +23,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import build_model
-from ..quantize import weight_codes
-from .params import parameter_rows
+from ..quantize import FLOAT_DTYPES, SCALED_FORMATS, weight_codes
+from .params import parameter_rows, zero_gaps
 
 MAGIC = b"ORCX"
 VERSION = 1
@@ -44,10 +44,11 @@ def unpack_bits(data: bytes, n: int, k: int) -> np.ndarray:
 
 def _value_format(module: nn.Module | None, t: torch.Tensor) -> str:
     fmt = getattr(module, "weight_format", None) if module is not None else None
-    if fmt in ("int", "binary"):
+    if fmt in SCALED_FORMATS:
         return fmt
-    return {"fp16": "float16", "bf16": "bfloat16"}.get(fmt, {torch.float16: "float16",
-                                                              torch.bfloat16: "bfloat16"}.get(t.dtype, "float32"))
+    if fmt in FLOAT_DTYPES:
+        return FLOAT_DTYPES[fmt]
+    return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(t.dtype, "float32")
 
 
 def _encode_values(values: torch.Tensor, fmt: str, bits: int) -> bytes:
@@ -74,8 +75,8 @@ def _decode_values(data: bytes, n: int, fmt: str, bits: int) -> torch.Tensor:
 
 
 def _relative_entries(flat_nz: np.ndarray, k: int):
-    """(gaps, owner) of every entry, filler entries (value 0) included, as in the accounting."""
-    gaps = np.diff(flat_nz, prepend=-1) - 1
+    """(gap, owning nonzero, is-a-value flag) of every entry, fillers (value 0) included, as accounted."""
+    gaps = zero_gaps(flat_nz)
     fillers = gaps >> k
     owner = np.repeat(np.arange(len(gaps)), fillers + 1)
     first = np.repeat(np.cumsum(fillers + 1) - (fillers + 1), fillers + 1)
@@ -104,10 +105,10 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
         else:
             t = getattr(module, attr).detach()
         fmt = _value_format(module if row["kind"] == "weight" else None, t)
-        values = weight_codes(module) if fmt in ("int", "binary") else t.cpu()
+        values = weight_codes(module) if fmt in SCALED_FORMATS else t.cpu()
         flat = values.reshape(-1)
         streams = {}
-        if fmt in ("int", "binary"):
+        if fmt in SCALED_FORMATS:
             streams["scales"] = module.weight_scale.detach().float().cpu().numpy().tobytes()
         nz = torch.nonzero(flat, as_tuple=True)[0].numpy()
         if row["encoding"] == "bitmask":
@@ -209,12 +210,13 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         module.running_var.fill_(1.0)
         module.eps = 0.0
         return
-    if fmt in ("int", "binary"):
+    if fmt in SCALED_FORMATS:
         scale = torch.from_numpy(np.frombuffer(streams["scales"], np.float32).copy())
         shaped = scale.view(-1, *([1] * (t.dim() - 1)))
         t = (t.float() * shaped).reshape(e["shape"])
         module.register_buffer("weight_scale", scale)
         module.weight_format, module.weight_bits = fmt, bits
-    elif fmt in ("float16", "bfloat16") and e["kind"] == "weight":
-        module.weight_format, module.weight_bits = {"float16": "fp16", "bfloat16": "bf16"}[fmt], 16
+    elif fmt in FLOAT_DTYPES.values() and e["kind"] == "weight":
+        module.weight_format = next(k for k, v in FLOAT_DTYPES.items() if v == fmt)
+        module.weight_bits = 16
     getattr(module, attr).copy_(t.float())
