@@ -14,13 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.utils import prune
 
 from orchestrator.checkpoint import load_model
 from orchestrator.data import load_arrays, load_split
 from orchestrator.footprint import measure
 from orchestrator.footprint.export import export, load_export
+from orchestrator.pruning.core import finalize_, prunable_layers, prune_global_magnitude_
 from orchestrator.quantize import quantize_weight_
 from orchestrator.train import evaluate
 
@@ -33,13 +32,10 @@ VARIANTS = {  # name: (global sparsity, weight format, bits)
 
 def make_variant(path, sparsity, fmt, bits):
     model, ckpt = load_model(path)
-    layers = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if sparsity:
-        prune.global_unstructured(layers, prune.L1Unstructured, amount=sparsity)
-        for m, n in layers:
-            prune.remove(m, n)
+        finalize_(prune_global_magnitude_(model, sparsity))
     if fmt:
-        for m, _ in layers:
+        for m in prunable_layers(model).values():
             quantize_weight_(m, fmt, bits)
     return model.eval(), ckpt
 

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.utils import prune
 
 from orchestrator.footprint import measure
 from orchestrator.footprint.export import export
 from orchestrator.models import build_model
+from orchestrator.pruning.core import finalize_, prune_global_magnitude_
 
 
 def timed(fn, repeats: int) -> float:
@@ -41,11 +40,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
             dense = build_model(arch).eval()
-            sparse = build_model(arch).eval()
-            convs = [(m, "weight") for m in sparse.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-            prune.global_unstructured(convs, prune.L1Unstructured, amount=0.9)
-            for m, n in convs:
-                prune.remove(m, n)
+            sparse = finalize_(prune_global_magnitude_(build_model(arch).eval(), 0.9))
             for label, model in (("dense", dense), ("90% sparse", sparse)):
                 t_measure = timed(lambda: measure(model), args.repeats)
                 t_export = timed(lambda: export(model, Path(tmp) / "m.orcx"), args.repeats)

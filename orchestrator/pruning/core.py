@@ -102,6 +102,13 @@ def finalize_(model: nn.Module) -> nn.Module:
     return model
 
 
+def prune_global_magnitude_(model: nn.Module, ratio: float) -> nn.Module:
+    """Global L1 magnitude pruning to `ratio` across all conv/linear layers, masks attached."""
+    layers = prunable_layers(model)
+    apply_masks_(layers, select_global(magnitude(layers), ratio))
+    return model
+
+
 def sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zero weights per prunable layer and overall ('total')."""
     layers = prunable_layers(model)
