@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -75,3 +78,121 @@ def evaluate_checkpoint(path, *, data_dir=None, split: str = "test", val_size: i
         data = load_split(ckpt.dataset, split, data_dir)
     result = evaluate(ckpt.build(device), data, ckpt.normalization, device)
     return {"arch": ckpt.arch, "split": data.name, **result}
+
+
+# pruning jobs -----------------------------------------------------------------------------------
+
+def _splits(dataset: str, data_dir, val_size: int):
+    """(train, val) for selection and retraining: the last `val_size` training images are held out."""
+    train_split = load_split(dataset, "train", data_dir)
+    return split_validation(train_split, val_size) if val_size else (train_split, None)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default):
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise OrchestratorError(f"{path} is not valid JSON (a partial result?); delete it to start over") from None
+
+
+def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, device="cpu",
+                     progress: bool = True) -> tuple[Checkpoint, dict]:
+    """Prune a checkpoint with a method config, fine-tune if asked, evaluate, save a final checkpoint.
+
+    Retraining state lives in `<out>.work/` until the job finishes, so a killed job resumes there.
+    """
+    from .footprint import measure
+    from .pruning import PruneData, finalize_, parse_config, prune_, sparsity
+
+    config = parse_config(config)
+    model, base = load_model(path, device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = None
+    if config.needs_data():
+        train_split, val = _splits(base.dataset, data_dir, val_size)
+        data = PruneData(train=train_split, val=val, normalization=base.normalization, device=device,
+                         progress=progress, work_dir=out.with_name(out.name + ".work"))
+    before = measure(model)
+    t0 = time.perf_counter()
+    pruned = finalize_(prune_(model, config, data))
+    seconds = time.perf_counter() - t0
+    test = evaluate(pruned, load_split(base.dataset, "test", data_dir), base.normalization, device)
+    after = measure(pruned.cpu())
+    report = {"test_acc": test["acc"], "test_loss": test["loss"], "base_test_acc": base.metrics.get("test_acc"),
+              "params": after.params, "nonzero": after.nonzero, "base_params": before.params,
+              "macs": after.macs, "macs_sparse": after.macs_sparse, "base_macs": before.macs,
+              "param_bits": after.param_bits, "total_bits": after.total_bits, "prune_seconds": seconds,
+              "sparsity": sparsity(pruned), "widths": pruned.widths, "log": data.log if data else []}
+    if data and data.val is not None and data.log:
+        report["val_acc"] = evaluate(pruned, data.val, base.normalization, device)["acc"]
+    run_config = {"prune": config.model_dump(), "base": str(path), "base_config": base.config,
+                  "val_size": val_size if data else 0, "environment": environment()}
+    ckpt = from_model(pruned.cpu(), base.dataset, base.normalization, run_config, report)
+    save_checkpoint(out, ckpt)
+    if data and data.work_dir and data.work_dir.is_dir():
+        shutil.rmtree(data.work_dir)
+    return ckpt, report
+
+
+def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test", val_size: int = 5000,
+                     out_dir, device="cpu", on_point=None) -> list[dict]:
+    """Method 1 of the seed for every method and ratio; resumable (rows are kept in sweep.json)."""
+    from . import plots
+    from .pruning.sweep import sweep, table_markdown
+
+    model, ckpt = load_model(path, device)
+    data = _eval_split(ckpt.dataset, data_dir, split, val_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = out_dir / "sweep.json"
+    done = _read_json(store, {"checkpoint": str(path), "rows": []})["rows"]
+
+    def save(rows):
+        _write_json(store, {"checkpoint": str(path), "rows": rows})
+        on_point and on_point(rows[-1])
+
+    rows = sweep(model, data, ckpt.normalization, methods, ratios, device, done=done, on_point=save)
+    (out_dir / "sweep.md").write_text(table_markdown(rows))
+    plots.accuracy_vs_ratio(rows, out_dir / "sweep.png", f"{ckpt.arch}: accuracy without retraining ({data.name})",
+                            footer=f"orchestrator sweep {path} --out {out_dir}")
+    return rows
+
+
+def sensitivity_checkpoint(path, *, ratios, data_dir=None, split: str = "val", val_size: int = 5000,
+                           groups: str = "internal", out_dir, device="cpu", on_point=None) -> dict:
+    """Li et al.'s per-group sensitivity table (resumable: sensitivity.json) and its plot."""
+    from . import plots
+    from .pruning.sensitivity import sensitivity
+
+    model, ckpt = load_model(path, device)
+    data = _eval_split(ckpt.dataset, data_dir, split, val_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = out_dir / "sensitivity.json"
+    done = _read_json(store, {}).get("table")
+
+    def save(table):
+        _write_json(store, {"checkpoint": str(path), "split": data.name, "table": table})
+        on_point and on_point(table)
+
+    kinds = ("internal",) if groups == "internal" else ("internal", "stream")
+    table = sensitivity(model, data, ckpt.normalization, ratios, kinds, device=device, done=done, on_point=save)
+    save(table)
+    plots.sensitivity_plot(table, out_dir / "sensitivity.png", f"{ckpt.arch}: pruning one group at a time ({data.name})",
+                           footer=f"orchestrator sensitivity {path} --out {out_dir}")
+    return table
+
+
+def _eval_split(dataset: str, data_dir, split: str, val_size: int):
+    if split == "val":
+        return split_validation(load_split(dataset, "train", data_dir), val_size)[1]
+    return load_split(dataset, split, data_dir)

@@ -6,7 +6,7 @@ from conftest import with_bn_stats
 from orchestrator.checkpoint import from_model, load_model, save_checkpoint
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import build_model, count_parameters
-from orchestrator.pruning.surgery import channel_groups, filter_l1, remove_channels
+from orchestrator.pruning.surgery import channel_groups, filter_l1, remove_channels, zero_channels_
 
 
 
@@ -24,10 +24,9 @@ def _zero_removed(model, keep):
     for name, g in channel_groups(model).items():
         if name not in keep:
             continue
-        drop = torch.ones(model.get_submodule(g.producer).out_channels, dtype=torch.bool)
+        drop = torch.ones(g.size(model), dtype=torch.bool)
         drop[keep[name]] = False
-        model.get_submodule(g.producer).weight[drop] = 0
-        for bn in g.bns + g.depthwise:
+        for bn in g.producers + g.bns + g.depthwise:
             m = model.get_submodule(bn)
             m.weight[drop] = 0
             if getattr(m, "bias", None) is not None:
@@ -73,3 +72,20 @@ def test_bad_requests():
     prune.l1_unstructured(model.conv1, "weight", amount=0.5)
     with pytest.raises(OrchestratorError, match="finalize_"):
         remove_channels(model, {"layer1.0.conv1": torch.tensor([0])})
+
+
+def test_option_b_stream_groups_are_coupled_and_removable():
+    model = with_bn_stats(build_model("resnet20b"))
+    groups = channel_groups(model)
+    s2 = groups["layer2.stream"]
+    assert s2.kind == "stream" and s2.path == ("stages", 1)
+    assert "layer2.0.shortcut.0" in s2.producers and "layer3.0.shortcut.0" in s2.consumers
+    assert "layer2.0.conv1" not in s2.consumers and "layer3.0.conv1" in s2.consumers
+    assert groups["layer1.stream"].producers[0] == "conv1" and "linear" in groups["layer3.stream"].consumers
+    assert "layer1.stream" not in channel_groups(build_model("resnet20"))  # option A: stream stays
+    keep = {"layer2.stream": torch.arange(0, 32, 2), "layer3.stream": torch.arange(40)}
+    small = remove_channels(model, keep)
+    assert small.widths["stages"] == [16, 16, 40] and small.linear.in_features == 40
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(zero_channels_(model, keep)(x), small(x), atol=1e-5, rtol=1e-4)

@@ -31,17 +31,28 @@ def check_ratio(ratio) -> float:
     return float(ratio)
 
 
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """weight_orig x weight_mask under a mask, else weight.
+
+    The `weight` attribute of a masked module is only recomputed by the next forward pass, so it
+    is stale after an optimizer step or a state-dict load; never read it directly.
+    """
+    if hasattr(module, "weight_orig"):
+        return (module.weight_orig * module.weight_mask).detach()
+    return module.weight.detach()
+
+
 # importance ------------------------------------------------------------------------------------
 
 def magnitude(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """|w| of the effective weights (already-pruned weights score 0)."""
-    return {n: m.weight.detach().abs() for n, m in layers.items()}
+    return {n: effective_weight(m).abs() for n, m in layers.items()}
 
 
 def random_scores(layers: dict[str, nn.Module], seed: int = 0) -> dict[str, torch.Tensor]:
     """Random scores (the control); already-pruned weights keep scoring lowest."""
     g = torch.Generator().manual_seed(seed)
-    return {n: (torch.rand(m.weight.shape, generator=g) + 1) * (m.weight.detach() != 0)
+    return {n: (torch.rand(m.weight.shape, generator=g) + 1) * (effective_weight(m) != 0).cpu()
             for n, m in layers.items()}
 
 
@@ -112,7 +123,7 @@ def prune_global_magnitude_(model: nn.Module, ratio: float) -> nn.Module:
 def sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zero weights per prunable layer and overall ('total')."""
     layers = prunable_layers(model)
-    zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
+    zeros = {n: int((effective_weight(m) == 0).sum()) for n, m in layers.items()}
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     out = {n: zeros[n] / sizes[n] for n in layers}
     out["total"] = sum(zeros.values()) / sum(sizes.values())

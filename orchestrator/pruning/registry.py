@@ -1,0 +1,123 @@
+"""Method registry and the `prune_` entry point.
+
+A method is a pydantic config (its `method` field is the registry key, the same string in the
+CLI, YAML configs, MLflow params and Optuna choices) plus a function composing importance,
+selection, application and schedule. Adding a method is adding one file that calls `register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..data import Split
+from ..errors import OrchestratorError
+from ..train import TrainConfig, train
+from .core import prunable_layers
+
+
+class FinetuneConfig(TrainConfig):
+    """Training after (or between) pruning steps: fine-tune defaults (short, low lr, cosine, no warmup)."""
+
+    epochs: int = Field(0, ge=0)  # 0: no fine-tuning
+    lr: float = Field(0.01, gt=0, le=10)
+    schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
+    warmup: float = Field(0.0, ge=0, lt=1)
+
+
+class PruneConfig(BaseModel):
+    """Base of every method config: strict (unknown keys are rejected by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    structured: ClassVar[bool] = False  # True: returns a smaller dense model (new width spec)
+
+    def needs_data(self) -> bool:
+        """Whether the method needs training/calibration data (fine-tuning counts)."""
+        ft = getattr(self, "finetune", None)
+        return bool(ft and ft.epochs)
+
+
+@dataclass
+class PruneData:
+    """What data-driven methods get: splits, normalization, device, and where to keep resumable state."""
+
+    train: Split | None = None  # retraining and calibration images
+    val: Split | None = None  # selection and sensitivity (never the test set)
+    normalization: dict = field(default_factory=lambda: {"mean": [0.0] * 3, "std": [1.0] * 3})
+    device: str = "cpu"
+    progress: bool = False
+    work_dir: Path | None = None  # state files of interrupted retraining live here
+    log: list[dict] = field(default_factory=list)  # what each step did (rounds, accuracies), for the record
+
+    def require(self, what: str, method: str) -> Split:
+        split = getattr(self, what)
+        if split is None:
+            raise OrchestratorError(f"method {method!r} needs {what} data (pass data=PruneData({what}=...))")
+        return split
+
+
+Method = Callable[[nn.Module, PruneConfig, PruneData | None], nn.Module]
+METHODS: dict[str, tuple[type[PruneConfig], Method]] = {}
+
+
+def register(config_cls: type[PruneConfig]):
+    """Decorator: register `fn(model, config, data) -> model` under the config's method name."""
+    name = config_cls.model_fields["method"].default
+
+    def wrap(fn: Method) -> Method:
+        if name in METHODS:
+            raise ValueError(f"pruning method {name!r} registered twice")
+        METHODS[name] = (config_cls, fn)
+        return fn
+
+    return wrap
+
+
+def parse_config(config: PruneConfig | dict) -> PruneConfig:
+    """A validated method config from a dict (YAML, CLI) or a config object."""
+    if isinstance(config, PruneConfig):
+        return config
+    if not isinstance(config, dict) or "method" not in config:
+        raise OrchestratorError(f"a pruning config needs a 'method' key; allowed methods: {', '.join(METHODS)}")
+    name = config["method"]
+    if name not in METHODS:
+        raise OrchestratorError(f"unknown pruning method {name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[name][0].model_validate(config)
+
+
+def prune_(model: nn.Module, config: PruneConfig | dict, data: PruneData | None = None) -> nn.Module:
+    """Prune `model` with a registered method; use the returned model.
+
+    Unstructured methods attach masks in place (`weight_orig` + `weight_mask`; call `finalize_` to
+    make them permanent). Structured methods return a new, smaller dense model.
+    """
+    config = parse_config(config)
+    prunable_layers(model)
+    if config.needs_data() and data is None:
+        raise OrchestratorError(f"method {config.method!r} with this config needs data "
+                                "(training images for fine-tuning or calibration); none was given")
+    return METHODS[config.method][1](model, config, data)
+
+
+def finetune(model: nn.Module, config: FinetuneConfig, data: PruneData | None, tag: str,
+             loss_fn: Callable | None = None) -> list[dict]:
+    """Fine-tune with masks (if any) held fixed; resumable through `data.work_dir/<tag>.state`."""
+    if not config.epochs:
+        return []
+    split = data.require("train", "fine-tuning") if data else None
+    if split is None:
+        raise OrchestratorError("fine-tuning needs training data; none was given")
+    state = None
+    if data.work_dir:
+        Path(data.work_dir).mkdir(parents=True, exist_ok=True)
+        state = Path(data.work_dir) / f"{tag}.state"
+    history = train(model, split, TrainConfig(**config.model_dump()), data.normalization, eval_split=data.val,
+                    device=data.device, progress=data.progress, state_path=state, loss_fn=loss_fn)
+    data.log.append({"step": tag, "epochs": config.epochs, **({k: history[-1][k] for k in ("train_loss", "eval_acc")
+                                                                if k in history[-1]} if history else {})})
+    return history
