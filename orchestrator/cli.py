@@ -206,7 +206,8 @@ def _floats(text: str | None, name: str) -> list[float] | None:
         raise OrchestratorError(f"{name}={text!r} must be comma-separated numbers, e.g. 0.1,0.5,0.9") from None
 
 
-def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr, config_file):
+def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr, finetune_bs,
+                  config_file):
     """The method config from a YAML file and/or the options actually given (others keep the method's defaults)."""
     import yaml
 
@@ -221,9 +222,11 @@ def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_
     given = {"method": method, "ratio": ratio, "stage_ratios": _floats(stage_ratios, "--stage-ratios"),
              "skip": list(skip) or None, "rounds": rounds, "schedule": schedule}
     config.update({k: v for k, v in given.items() if v is not None})
-    if finetune_epochs is not None or finetune_lr is not None:
+    ft_given = {k: v for k, v in (("epochs", finetune_epochs), ("lr", finetune_lr), ("batch_size", finetune_bs))
+                if v is not None}
+    if ft_given:
         ft = dict(config.get("finetune") or {})
-        ft.update({k: v for k, v in (("epochs", finetune_epochs), ("lr", finetune_lr)) if v is not None})
+        ft.update(ft_given)
         config["finetune"] = ft
     if "method" not in config:
         raise OrchestratorError("give --method NAME (or a config file with a 'method' key)")
@@ -257,6 +260,7 @@ def _print_prune_report(ckpt, report):
 @click.option("--schedule", default=None, help="Iterative methods: one_shot, geometric or cubic.")
 @click.option("--finetune-epochs", type=int, default=None, help="Epochs of retraining (per round for han).")
 @click.option("--finetune-lr", type=float, default=None, help="Peak learning rate of the retraining.")
+@click.option("--finetune-batch-size", type=int, default=None, help="Images per step of the retraining (128).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with the method config (options given here override it).")
 @data_dir_option
@@ -269,7 +273,7 @@ def _print_prune_report(ckpt, report):
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_one_line_errors
 def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr,
-          config_file, data_dir, val_size, device, out, list_methods, quiet):
+          finetune_batch_size, config_file, data_dir, val_size, device, out, list_methods, quiet):
     """Prune a checkpoint (optionally retraining), print per-layer sparsity, save the pruned model."""
     from . import workflows
     from .pruning import METHODS
@@ -282,7 +286,7 @@ def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finet
     if checkpoint is None:
         raise OrchestratorError("give the CHECKPOINT to prune (or --list to see the methods)")
     config = _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr,
-                           config_file)
+                           finetune_batch_size, config_file)
     out = out or f"runs/{Path(checkpoint).stem}-{config['method']}.pt"
     ckpt, report = workflows.prune_checkpoint(checkpoint, config, data_dir=data_dir, out=out, val_size=val_size,
                                               device=_device(device), progress=not quiet)

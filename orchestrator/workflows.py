@@ -72,10 +72,8 @@ def evaluate_checkpoint(path, *, data_dir=None, split: str = "test", val_size: i
     spec = get_spec(ckpt.dataset)
     if npz:
         data = load_arrays(npz, num_classes=spec.num_classes)
-    elif split == "val":
-        data = split_validation(load_split(ckpt.dataset, "train", data_dir), val_size)[1]
     else:
-        data = load_split(ckpt.dataset, split, data_dir)
+        data = _eval_split(ckpt.dataset, data_dir, split, val_size)
     result = evaluate(ckpt.build(device), data, ckpt.normalization, device)
     return {"arch": ckpt.arch, "split": data.name, **result}
 
