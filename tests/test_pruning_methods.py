@@ -37,7 +37,7 @@ FT = {"epochs": 1, "batch_size": 16}
 
 def test_every_method_is_registered_under_its_config_name():
     assert {"global_magnitude", "layer_magnitude", "random", "han", "lottery", "l1_filter", "random_filter",
-            "thinet", "slimming"} <= set(METHODS)
+            "thinet", "slimming", "taylor_filter"} <= set(METHODS)
     for name, (cls, _) in METHODS.items():
         assert cls().method == name
 
@@ -257,3 +257,17 @@ def test_bad_configs_are_clear_errors():
         prune_(model, {"method": "l1_filter", "stage_ratios": [0.1, 0.2]})
     with pytest.raises(OrchestratorError, match="no prunable"):
         prune_(nn.Sequential(nn.ReLU()), {"method": "global_magnitude"})
+
+
+def test_taylor_filter_scores_channels_that_cannot_change_the_loss_as_zero():
+    torch.manual_seed(0)
+    model = with_bn_stats(build_model("resnet8"))
+    with torch.no_grad():
+        model.layer1[0].conv2.weight[:, :4] = 0  # channels 0..3 of layer1.0's inner group reach nothing
+    from orchestrator.pruning.taylor import taylor_scores
+    scores = taylor_scores(model, toy_data(), 32, 16, ("internal",))
+    s = scores["layer1.0.conv1"]
+    assert torch.all(s[:4] == 0) and torch.all(s[4:] > 0)
+    small = prune_(model, {"method": "taylor_filter", "ratio": 0, "ratios": {"layer1.0.conv1": 0.25}, "images": 32},
+                   toy_data())
+    assert torch.equal(small.layer1[0].conv1.weight, model.layer1[0].conv1.weight[4:])

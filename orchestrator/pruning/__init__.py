@@ -10,7 +10,7 @@
 Methods are registered configs (`registry`); `prune_(model, config, data)` runs one.
 """
 
-from . import structured, thinet, unstructured  # noqa: F401  (registers the methods)
+from . import structured, taylor, thinet, unstructured  # noqa: F401  (registers the methods)
 from .core import finalize_, sparsity
 from .registry import METHODS, FinetuneConfig, PruneConfig, PruneData, parse_config, prune_
 
