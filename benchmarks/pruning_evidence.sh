@@ -4,7 +4,8 @@
 #   bash benchmarks/pruning_evidence.sh DATA_DIR R20_CHECKPOINT R56_CHECKPOINT [OUT]
 set -euo pipefail
 D=${1:?data dir}; R20=${2:?resnet20 checkpoint}; R56=${3:?resnet56 checkpoint}; OUT=${4:-runs/evidence}
-O="${ORCHESTRATOR:-.venv/bin/orchestrator}"
+PY="${PYTHON:-.venv/bin/python}"
+O="$PY -m orchestrator.cli"
 mkdir -p "$OUT"
 step() { local out=$1; shift; if [ -e "$out" ]; then echo "skip $out"; else echo "+ $*"; "$@"; fi; }
 
@@ -30,4 +31,4 @@ step "$OUT/r56-li-b.pt" $O prune "$R56" --method l1_filter --stage-ratios 0.6,0.
 step "$OUT/r56-li-b-ft1.pt" $O prune "$R56" --method l1_filter --stage-ratios 0.6,0.3,0.1 $SKIP --finetune-epochs 1 \
   --val-size 0 --data-dir "$D" --out "$OUT/r56-li-b-ft1.pt" --quiet
 # Real speedup of structured pruning on this CPU.
-.venv/bin/python benchmarks/prune_latency.py | tee "$OUT/latency.txt"
+$PY benchmarks/prune_latency.py | tee "$OUT/latency.txt"

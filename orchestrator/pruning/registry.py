@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import Split
+from ..distill import KDConfig, kd_loss_fn
 from ..errors import OrchestratorError
 from ..train import TrainConfig, train
 from .core import prunable_layers
@@ -27,6 +30,10 @@ class FinetuneConfig(TrainConfig):
     lr: float = Field(0.01, gt=0, le=10)
     schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
     warmup: float = Field(0.0, ge=0, lt=1)
+    kd: KDConfig | None = None  # distill from PruneData.teacher (the dense baseline) while fine-tuning
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.model_dump(exclude={"kd"}))
 
 
 class PruneConfig(BaseModel):
@@ -52,6 +59,7 @@ class PruneData:
     device: str = "cpu"
     progress: bool = False
     work_dir: Path | None = None  # state files of interrupted retraining live here
+    teacher: nn.Module | None = None  # for fine-tunes with `kd`
     log: list[dict] = field(default_factory=list)  # what each step did (rounds, accuracies), for the record
 
     def require(self, what: str, method: str) -> Split:
@@ -105,18 +113,29 @@ def prune_(model: nn.Module, config: PruneConfig | dict, data: PruneData | None 
 
 
 def finetune(model: nn.Module, config: FinetuneConfig, data: PruneData | None, tag: str,
-             loss_fn: Callable | None = None) -> list[dict]:
-    """Fine-tune with masks (if any) held fixed; resumable through `data.work_dir/<tag>.state`."""
+             penalty: Callable[[], torch.Tensor] | None = None) -> list[dict]:
+    """Fine-tune with masks (if any) held fixed; resumable through `data.work_dir/<tag>.state`.
+
+    The loss is cross-entropy, or the KD loss against `data.teacher` with `config.kd`, plus `penalty()`.
+    """
     if not config.epochs:
         return []
-    split = data.require("train", "fine-tuning") if data else None
-    if split is None:
+    if data is None:
         raise OrchestratorError("fine-tuning needs training data; none was given")
+    split = data.require("train", "fine-tuning")
+    tc = config.train_config()
+    if config.kd is not None:
+        if data.teacher is None:
+            raise OrchestratorError("finetune.kd is set but no teacher model was given (PruneData.teacher)")
+        base = kd_loss_fn(data.teacher.to(data.device), config.kd, tc.label_smoothing)
+    else:
+        base = lambda logits, y, x: F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)  # noqa: E731
+    loss_fn = base if penalty is None else (lambda logits, y, x: base(logits, y, x) + penalty())
     state = None
     if data.work_dir:
         Path(data.work_dir).mkdir(parents=True, exist_ok=True)
         state = Path(data.work_dir) / f"{tag}.state"
-    history = train(model, split, TrainConfig(**config.model_dump()), data.normalization, eval_split=data.val,
+    history = train(model, split, tc, data.normalization, eval_split=data.val,
                     device=data.device, progress=data.progress, state_path=state, loss_fn=loss_fn)
     data.log.append({"step": tag, "epochs": config.epochs, **({k: history[-1][k] for k in ("train_loss", "eval_acc")
                                                                 if k in history[-1]} if history else {})})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -111,13 +110,8 @@ class Slimming(PruneConfig):
 def slimming(model: nn.Module, config: Slimming, data: PruneData | None) -> nn.Module:
     groups = channel_groups(model, _kinds(config.groups))
     gammas = [model.get_submodule(b).weight for g in groups.values() for b in g.bns]
-    smoothing = config.sparsify.label_smoothing
-
-    def loss_fn(logits, y, x):
-        ce = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        return ce + config.penalty * sum(g.abs().sum() for g in gammas)
-
-    finetune(model, config.sparsify, data, "sparsify", loss_fn=loss_fn)
+    finetune(model, config.sparsify, data, "sparsify",
+             penalty=lambda: config.penalty * sum(g.abs().sum() for g in gammas))
     scores = {n: IMPORTANCE["bn_scale"](model, g) for n, g in groups.items()}
     model = remove_channels(model, keep_global(scores, config.ratio, config.min_keep))
     finetune(model, config.finetune, data, "finetune")
