@@ -261,6 +261,8 @@ def _print_prune_report(ckpt, report):
 @click.option("--finetune-epochs", type=int, default=None, help="Epochs of retraining (per round for han).")
 @click.option("--finetune-lr", type=float, default=None, help="Peak learning rate of the retraining.")
 @click.option("--finetune-batch-size", type=int, default=None, help="Images per step of the retraining (128).")
+@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
+              help="Distill from this checkpoint while fine-tuning (KD; finetune.kd in a config sets T and alpha).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with the method config (options given here override it).")
 @data_dir_option
@@ -273,7 +275,7 @@ def _print_prune_report(ckpt, report):
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_one_line_errors
 def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr,
-          finetune_batch_size, config_file, data_dir, val_size, device, out, list_methods, quiet):
+          finetune_batch_size, teacher, config_file, data_dir, val_size, device, out, list_methods, quiet):
     """Prune a checkpoint (optionally retraining), print per-layer sparsity, save the pruned model."""
     from . import workflows
     from .pruning import METHODS
@@ -288,8 +290,10 @@ def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finet
     config = _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr,
                            finetune_batch_size, config_file)
     out = out or f"runs/{Path(checkpoint).stem}-{config['method']}.pt"
+    if teacher:
+        config.setdefault("finetune", {}).setdefault("kd", {})
     ckpt, report = workflows.prune_checkpoint(checkpoint, config, data_dir=data_dir, out=out, val_size=val_size,
-                                              device=_device(device), progress=not quiet)
+                                              device=_device(device), progress=not quiet, teacher=teacher)
     _print_prune_report(ckpt, report)
     click.echo(f"-> {out}")
 

@@ -102,7 +102,7 @@ def _read_json(path: Path, default):
 
 
 def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, device="cpu",
-                     progress: bool = True) -> tuple[Checkpoint, dict]:
+                     progress: bool = True, teacher=None) -> tuple[Checkpoint, dict]:
     """Prune a checkpoint with a method config, fine-tune if asked, evaluate, save a final checkpoint.
 
     Retraining state lives in `<out>.work/` until the job finishes, so a killed job resumes there.
@@ -118,7 +118,8 @@ def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, 
     if config.needs_data():
         train_split, val = _splits(base.dataset, data_dir, val_size)
         data = PruneData(train=train_split, val=val, normalization=base.normalization, device=device,
-                         progress=progress, work_dir=out.with_name(out.name + ".work"))
+                         progress=progress, work_dir=out.with_name(out.name + ".work"),
+                         teacher=_teacher(teacher, base) if teacher else None)
     before = measure(model)
     t0 = time.perf_counter()
     pruned = finalize_(prune_(model, config, data))
@@ -133,12 +134,21 @@ def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, 
     if data and data.val is not None and data.log:
         report["val_acc"] = evaluate(pruned, data.val, base.normalization, device)["acc"]
     run_config = {"prune": config.model_dump(), "base": str(path), "base_config": base.config,
+                  "teacher": str(teacher) if teacher else None,
                   "val_size": val_size if data else 0, "environment": environment()}
     ckpt = from_model(pruned.cpu(), base.dataset, base.normalization, run_config, report)
     save_checkpoint(out, ckpt)
     if data and data.work_dir and data.work_dir.is_dir():
         shutil.rmtree(data.work_dir)
     return ckpt, report
+
+
+def _teacher(path, student: Checkpoint):
+    model, ckpt = load_model(path)
+    if ckpt.num_classes != student.num_classes or ckpt.normalization != student.normalization:
+        raise OrchestratorError(f"teacher {path} does not match the student (classes {ckpt.num_classes} vs "
+                                f"{student.num_classes}, or a different input normalization)")
+    return model
 
 
 def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test", val_size: int = 5000,

@@ -85,3 +85,14 @@ def test_sensitivity_table_and_plot(base, cifar10_dir, tmp_path):
     table = json.loads((out / "sensitivity.json").read_text())["table"]
     assert set(table["groups"]) == {"layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"}
     assert (out / "sensitivity.png").is_file() and "layer3.0.conv1" in r.output
+
+
+def test_prune_with_a_teacher_distills(base, cifar10_dir, tmp_path):
+    out = tmp_path / "kd.pt"
+    r = run("prune", base, "--method", "global_magnitude", "--ratio", 0.8, "--finetune-epochs", 1,
+            "--finetune-batch-size", 32, "--teacher", base, "--data-dir", cifar10_dir, "--val-size", 20,
+            "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["prune"]["finetune"]["kd"] == {"temperature": 4.0, "alpha": 0.9}
+    assert ckpt["config"]["teacher"] == str(base)

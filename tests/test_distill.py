@@ -1,0 +1,56 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.distill import KDConfig, kd_loss, kd_loss_fn
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import build_model
+from orchestrator.pruning import PruneData, prune_
+
+
+def test_kd_loss_is_cross_entropy_at_alpha_zero():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert torch.allclose(kd_loss(s, t, y, 4.0, 0.0), F.cross_entropy(s, y))
+
+
+def test_kd_soft_term_is_minimized_at_the_teachers_logits():
+    torch.manual_seed(0)
+    t, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    at_teacher = kd_loss(t.clone(), t, y, 4.0, 1.0)
+    assert at_teacher.abs() < 1e-6  # KL(p || p) = 0
+    for _ in range(5):
+        assert kd_loss(t + torch.randn_like(t), t, y, 4.0, 1.0) > at_teacher
+    s = torch.zeros(8, 10, requires_grad=True)  # gradient descent on the soft term reaches the teacher's softmax
+    opt = torch.optim.SGD([s], lr=5.0)
+    for _ in range(300):
+        opt.zero_grad()
+        kd_loss(s, t, y, 2.0, 1.0).backward()
+        opt.step()
+    assert torch.allclose(F.softmax(s / 2, 1), F.softmax(t / 2, 1), atol=1e-3)
+
+
+def test_kd_config_is_strict():
+    with pytest.raises(Exception, match="temperature"):
+        KDConfig(temperature=0)
+    with pytest.raises(Exception, match="alpha"):
+        KDConfig(alpha=1.5)
+    with pytest.raises(Exception, match="beta"):
+        KDConfig(beta=1)
+
+
+def test_kd_hook_freezes_the_teacher_and_fine_tunes_with_it():
+    teacher = build_model("resnet8", width_mult=0.5)
+    fn = kd_loss_fn(teacher, KDConfig())
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    student = build_model("resnet8", width_mult=0.25)
+    fn(student(x), y, x).backward()
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    from test_pruning_methods import toy_data
+    data = toy_data()
+    config = {"method": "l1_filter", "ratio": 0.5, "finetune": {"epochs": 1, "batch_size": 16, "kd": {"alpha": 0.5}}}
+    with pytest.raises(OrchestratorError, match="no teacher"):
+        prune_(build_model("resnet8", width_mult=0.5), config, data)
+    data.teacher = teacher
+    small = prune_(build_model("resnet8", width_mult=0.5), config, data)
+    assert small.widths["blocks"] == [[4], [8], [16]] and data.log[-1]["step"] == "finetune"
