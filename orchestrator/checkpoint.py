@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError, ModelSpecError
 from .models import build_model
+from .quant.fake import attach_act_quant_
 from .quantize import SCALED_FORMATS
 
 FORMAT = "orchestrator.checkpoint"
@@ -48,9 +49,13 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint describes an invalid model: {exc}") from None
         for name, q in self.quantization.items():
             module = model.get_submodule(name)
-            module.weight_format, module.weight_bits = q["format"], q["bits"]
-            if q["format"] in SCALED_FORMATS:
-                module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
+            if "format" in q:
+                module.weight_format, module.weight_bits = q["format"], q["bits"]
+                if q["format"] in SCALED_FORMATS:
+                    module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
+            if "act_bits" in q:
+                attach_act_quant_(module, q["act_bits"])
+                model.act_bits = q["act_bits"]
         _load_state(model, self.state_dict)
         return model.to(device).eval()
 
@@ -78,6 +83,9 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
                               "permanent (prune.remove) before saving a final checkpoint")
     quantization = {name: {"format": m.weight_format, "bits": m.weight_bits}
                     for name, m in model.named_modules() if hasattr(m, "weight_format")}
+    for name, m in model.named_modules():
+        if hasattr(m, "act_quant"):
+            quantization.setdefault(name, {})["act_bits"] = m.act_quant.bits
     return Checkpoint(model.arch, model.widths, model.num_classes, state, dataset,
                       {k: list(v) for k, v in normalization.items()}, config or {}, metrics or {},
                       quantization=quantization)

@@ -64,8 +64,12 @@ class Footprint(BaseModel):
         return self.total_bits / 8
 
 
-def measure(model: nn.Module, batch: int = 1, act_bits: int = 32) -> Footprint:
-    """Footprint of `model` for one inference of `batch` images with `act_bits`-bit activations."""
+def measure(model: nn.Module, batch: int = 1, act_bits: int | None = None) -> Footprint:
+    """Footprint of `model` for one inference of `batch` images with `act_bits`-bit activations.
+
+    `act_bits` defaults to the model's own (`model.act_bits`, set by activation quantization), else 32.
+    """
+    act_bits = getattr(model, "act_bits", 32) if act_bits is None else act_bits
     check_inputs(batch, act_bits)
     rows = parameter_rows(model)
     if not rows:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import build_model
+from ..quant.fake import attach_act_quant_
 from ..quantize import FLOAT_DTYPES, SCALED_FORMATS, weight_codes
 from .params import parameter_rows, zero_gaps
 
@@ -131,8 +132,12 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
         entries.append(entry)
         for v in streams.values():
             payload += v
+    # activation quantization: bits and calibrated range per layer input (metadata, like the widths)
+    acts = {n: {"bits": m.act_quant.bits, "max": float(m.act_quant.max), "signed": bool(m.act_quant.signed)}
+            for n, m in model.named_modules() if hasattr(m, "act_quant")}
     header = json.dumps({"arch": model.arch, "widths": model.widths, "num_classes": model.num_classes,
-                         "dataset": dataset, "normalization": normalization, "tensors": entries},
+                         "dataset": dataset, "normalization": normalization, "tensors": entries,
+                         **({"activations": acts} if acts else {})},
                         separators=(",", ":")).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,9 +186,14 @@ def load_export(path) -> tuple[nn.Module, dict]:
                     raise CheckpointError(f"{path} is truncated (tensor {e['name']})")
                 pos += length
             _restore(model, e, streams)
-    except (KeyError, ValueError, RuntimeError) as exc:
+        for name, a in header.get("activations", {}).items():
+            q = attach_act_quant_(model.get_submodule(name), a["bits"])
+            q.max.fill_(a["max"])
+            q.signed.fill_(a["signed"])
+            model.act_bits = a["bits"]
+    except (KeyError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: corrupt export ({type(exc).__name__}: {exc})") from None
-    return model, header
+    return model.eval(), header
 
 
 def _restore(model: nn.Module, e: dict, streams: dict) -> None:

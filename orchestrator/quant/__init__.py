@@ -1,0 +1,118 @@
+"""`quantize_(model, config, data=None)`: post-training quantization (PTQ) and quantization-aware training (QAT).
+
+Weights are quantized per output channel (symmetric int k bits, binary +-scale, or fp16/bf16);
+`layer_bits` gives a bit-width per layer name (mixed precision, what studies search over). By
+default the first conv and the classifier keep 8 bits (`ends_bits`), as in most of the low-bit
+literature, since they are small and the most sensitive. Activations (each conv/linear input) are
+quantized to `act_bits` with ranges calibrated on a few training batches (PTQ) or learned during
+QAT. The result carries `weight_format`/`weight_bits`/`weight_scale`, which footprint and export
+read, and `act_bits`, which footprint uses for the feature maps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from ..errors import OrchestratorError
+from ..loader import DeviceLoader
+from ..pruning.core import finalize_, prunable_layers
+from ..pruning.registry import FinetuneConfig, PruneData, finetune
+from ..quantize import FORMATS, check_bits, quantize_weight_
+from .fake import ActQuant, attach_act_quant_, fake_quantize_weight_, strip_weight_fake_quant_
+
+Format = Literal["int", "binary", "fp16", "bf16"]
+
+
+class QuantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["ptq", "qat"] = "ptq"
+    format: Format = "int"  # weight storage format
+    bits: int = Field(8, ge=1, le=16)  # weight bits for "int" (2..16); binary is 1, fp16/bf16 are 16
+    layer_bits: dict[str, int] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
+    ends_bits: int | None = Field(8, ge=2, le=16)  # first conv and classifier; None: like the others
+    act_bits: int | None = Field(None, ge=2, le=16)  # activations (conv/linear inputs); None: float
+    calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
+    finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _int_bits(cls, v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"bits must be an integer, got {v!r}")
+        return v
+
+    def needs_data(self) -> bool:
+        return self.act_bits is not None or self.method == "qat"
+
+    def plan(self, model: nn.Module) -> dict[str, tuple[str, int]]:
+        """(format, bits) for every conv/linear layer, validated against the model's layer names."""
+        layers = list(prunable_layers(model))
+        unknown = [n for n in self.layer_bits if n not in layers]
+        if unknown:
+            raise OrchestratorError(f"layer_bits names unknown layer {unknown[0]!r}; layers: {', '.join(layers)}")
+        plan = {}
+        for i, name in enumerate(layers):
+            fmt, bits = self.format, self.bits
+            if name in self.layer_bits:
+                fmt, bits = "int", self.layer_bits[name]
+            elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in ("int", "binary"):
+                fmt, bits = "int", self.ends_bits
+            plan[name] = (fmt, check_bits(fmt, bits) if fmt == "int" else check_bits(fmt, None))
+        return plan
+
+
+def calibrate_(model: nn.Module, data: PruneData, images: int) -> None:
+    """Run `images` training images through the model with every ActQuant recording its range."""
+    split = data.require("train", "activation calibration")
+    loader = DeviceLoader(split, min(256, len(split)), data.normalization["mean"], data.normalization["std"],
+                          data.device, train=False)
+    quants = [m for m in model.modules() if isinstance(m, ActQuant)]
+    for q in quants:
+        q.calibrating, q.momentum = True, 1.0  # first batch sets max, later ones take the running maximum
+    seen = 0
+    model.to(data.device).eval()
+    with torch.no_grad():
+        for i, (x, _) in enumerate(loader):
+            for q in quants:
+                q.momentum = 1.0 if i == 0 else 0.1
+            model(x)
+            seen += len(x)
+            if seen >= images:
+                break
+    for q in quants:
+        q.calibrating, q.momentum = False, 0.1
+
+
+def quantize_(model: nn.Module, config: QuantConfig | dict, data: PruneData | None = None) -> nn.Module:
+    """Quantize `model` in place (PTQ, or QAT with fake quantization then baked weights); returns it."""
+    config = config if isinstance(config, QuantConfig) else QuantConfig.model_validate(config)
+    if config.needs_data() and data is None:
+        raise OrchestratorError(f"quantization {config.method!r} with these settings needs training data "
+                                "(QAT, or activation calibration); none was given")
+    finalize_(model)  # masks become plain zeros, which every format keeps
+    plan = config.plan(model)
+    layers = prunable_layers(model)
+    if config.act_bits is not None:
+        first = next(iter(layers))
+        for name, module in layers.items():
+            if name != first:  # the first conv reads the 8-bit image itself
+                attach_act_quant_(module, config.act_bits)
+        model.act_bits = config.act_bits
+    if config.method == "qat":
+        for name, module in layers.items():
+            fake_quantize_weight_(module, *plan[name])
+        finetune(model, config.finetune, data, "qat")
+        for module in layers.values():
+            strip_weight_fake_quant_(module)
+    elif config.act_bits is not None:
+        calibrate_(model, data, config.calibration_images)
+    for name, module in layers.items():
+        quantize_weight_(module, *plan[name])
+    return model.eval()
+
+
+__all__ = ["FORMATS", "QuantConfig", "quantize_", "calibrate_"]

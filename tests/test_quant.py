@@ -1,0 +1,130 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import with_bn_stats
+from orchestrator.checkpoint import from_model, load_model, save_checkpoint
+from orchestrator.errors import OrchestratorError
+from orchestrator.footprint import measure
+from orchestrator.models import build_model
+from orchestrator.pruning import finalize_, prune_
+from orchestrator.quant import QuantConfig, quantize_
+from orchestrator.quant.fake import ActQuant, WeightFakeQuant
+from test_pruning_methods import toy_data
+
+NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def naive_int(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Reference: symmetric per-output-channel rounding, one channel at a time."""
+    out = torch.empty_like(w)
+    hi = 2 ** (bits - 1) - 1
+    for c in range(w.shape[0]):
+        s = w[c].abs().max() / hi
+        out[c] = torch.clamp(torch.round(w[c] / s), -hi, hi) * s
+    return out
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3, 2])
+def test_ptq_matches_a_naive_reference_and_keeps_ends_at_8_bits(bits):
+    torch.manual_seed(0)
+    model = build_model("resnet8")
+    ref = {n: naive_int(m.weight.detach(), bits) for n, m in model.named_modules() if hasattr(m, "weight")
+           and m.weight is not None and m.weight.dim() > 1}
+    quantize_(model, {"bits": bits})
+    for name, m in model.named_modules():
+        if name in ("conv1", "linear"):
+            assert m.weight_bits == 8
+        elif name in ref:
+            assert m.weight_bits == bits and m.weight_format == "int"
+            assert torch.allclose(m.weight, ref[name], atol=1e-6)
+            assert max(len(ch.unique()) for ch in m.weight) <= 2 ** bits - 1
+
+
+def test_fake_quant_has_at_most_2_to_the_k_values_per_channel_and_passes_gradients():
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    for bits in (2, 3, 4):
+        q = WeightFakeQuant("int", bits)(w)
+        assert all(len(ch.unique()) <= 2 ** bits for ch in q)
+        grad = torch.randn_like(q)
+        w.grad = None
+        q.backward(grad)
+        assert torch.equal(w.grad, grad)  # straight-through
+    act = ActQuant(4).train()
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    y = act(x)
+    assert len(y.unique()) <= 16
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_binary_weights_are_plus_minus_scale_and_pruned_zeros_survive_qat():
+    torch.manual_seed(0)
+    model = finalize_(prune_(build_model("resnet8", width_mult=0.5), {"method": "global_magnitude", "ratio": 0.5}))
+    zeros = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    quantize_(model, {"method": "qat", "format": "binary", "finetune": {"epochs": 1, "batch_size": 16}}, toy_data())
+    conv = model.layer2[0].conv1
+    assert conv.weight_format == "binary" and conv.weight_bits == 1
+    for c, ch in enumerate(conv.weight):
+        assert torch.allclose(ch[ch != 0].abs(), conv.weight_scale[c].expand(int((ch != 0).sum())))
+    for n, m in model.named_modules():
+        if n in zeros:
+            assert torch.equal(m.weight == 0, zeros[n]), n  # QAT revived no pruned weight
+
+
+def test_qat_with_activation_bits_and_mixed_precision_round_trips_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet8", width_mult=0.5)
+    config = {"method": "qat", "bits": 4, "layer_bits": {"layer3.0.conv2": 2}, "act_bits": 4,
+              "finetune": {"epochs": 1, "batch_size": 16}}
+    quantize_(model, config, toy_data())
+    assert model.layer3[0].conv2.weight_bits == 2 and model.layer1[0].conv1.weight_bits == 4
+    assert model.act_bits == 4 and measure(model).act_bits == 4
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+    save_checkpoint(tmp_path / "q.pt", from_model(model, "cifar10", NORM))
+    loaded, ckpt = load_model(tmp_path / "q.pt")
+    assert ckpt.quantization["layer1.0.conv1"] == {"format": "int", "bits": 4, "act_bits": 4}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)
+    assert measure(loaded).param_bits == measure(model).param_bits
+
+
+def test_ptq_activation_calibration_sets_ranges():
+    model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+    quantize_(model, {"bits": 8, "act_bits": 8, "calibration_images": 16}, toy_data())
+    ranges = [m.max.item() for m in model.modules() if isinstance(m, ActQuant)]
+    assert len(ranges) == 7 and all(r > 0 for r in ranges)  # 8 conv/linear layers; the first reads the image
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+
+
+def test_bad_bit_widths_and_names_are_clear_errors():
+    model = build_model("resnet8")
+    for bad in (0, 33, "eight", 2.5, True):
+        with pytest.raises(Exception, match="bits"):
+            quantize_(copy.deepcopy(model), {"bits": bad})
+    with pytest.raises(Exception, match="act_bits"):
+        QuantConfig(act_bits=1)
+    with pytest.raises(OrchestratorError, match="unknown layer 'layer9.conv'"):
+        quantize_(copy.deepcopy(model), {"layer_bits": {"layer9.conv": 4}})
+    with pytest.raises(OrchestratorError, match="needs training data"):
+        quantize_(copy.deepcopy(model), {"method": "qat"})
+    with pytest.raises(Exception, match="Extra inputs"):
+        QuantConfig(bitz=4)
+
+
+def test_export_carries_activation_quantization_and_reproduces_outputs(tmp_path):
+    from orchestrator.footprint.export import export, load_export
+    model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+    quantize_(model, {"bits": 4, "act_bits": 6, "calibration_images": 16}, toy_data())
+    info = export(model, tmp_path / "m.orcx", dataset="cifar10", normalization=NORM)
+    assert info["payload_bytes"] == info["accounted_bytes"] == measure(model).param_bits / 8
+    loaded, header = load_export(tmp_path / "m.orcx")
+    assert loaded.act_bits == 6 and len(header["activations"]) == 7
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
