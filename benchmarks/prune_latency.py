@@ -60,7 +60,7 @@ def main():
     models = [(name, ref, m.eval()) for name, ref, m in variants()]
     macs = {name: measure(m).macs for name, _, m in models}
     params = {name: count_parameters(m) for name, _, m in models}
-    print(f"| model | params | MACs | MACs vs dense | " + " | ".join(
+    print("| model | params | MACs | MACs vs dense | " + " | ".join(
         f"batch {b} ms | speedup" for b in args.batches) + " |")
     print("|---|---:|---:|---:|" + "---:|---:|" * len(args.batches))
     results = {}

@@ -72,3 +72,18 @@ def with_bn_stats(model):
         for _ in range(2):
             model(torch.randn(8, 3, 32, 32) * 2 + 1)
     return model.eval()
+
+
+@pytest.fixture
+def base(cifar10_dir, tmp_path) -> Path:
+    """A tiny untrained resnet8 checkpoint (cifar10 normalization), written through the CLI."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    out = tmp_path / "base.pt"
+    args = ["train", "--arch", "resnet8", "--width-mult", "0.5", "--data-dir", str(cifar10_dir), "--epochs", "0",
+            "--batch-size", "32", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    return out

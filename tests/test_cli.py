@@ -25,7 +25,7 @@ def test_models_lists_the_zoo():
 
 
 def test_every_command_has_help():
-    for cmd in (["train"], ["eval"], ["models"], ["data", "check"], ["prune"], ["sweep"], ["sensitivity"]):
+    for cmd in (["train"], ["eval"], ["models"], ["data", "check"], ["prune"], ["sweep"], ["sensitivity"], ["pipeline"], ["quantize"], ["distill"]):
         r = run(*cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output and len(r.output.splitlines()) > 3
 

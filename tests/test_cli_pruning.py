@@ -6,15 +6,6 @@ import torch
 from test_cli import one_line_error, run
 
 
-@pytest.fixture
-def base(cifar10_dir, tmp_path):
-    out = tmp_path / "base.pt"
-    r = run("train", "--arch", "resnet8", "--width-mult", 0.5, "--data-dir", cifar10_dir, "--epochs", 0,
-            "--batch-size", 32, "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_prune_unstructured_prints_per_layer_sparsity_and_saves_a_plain_checkpoint(base, cifar10_dir, tmp_path):
     out = tmp_path / "p.pt"
     r = run("prune", base, "--method", "global_magnitude", "--ratio", 0.7, "--data-dir", cifar10_dir, "--out", out)

@@ -1,0 +1,185 @@
+"""Pipelines: compression steps composed in order, each one's effect on accuracy and footprint recorded.
+
+A pipeline (YAML or dict) names a base checkpoint and a list of steps, each a one-key mapping:
+  prune: <pruning method config>      (structured or unstructured; masks are made permanent)
+  finetune: <FinetuneConfig>          (kd allowed; zeros of pruned weights stay zero)
+  quantize: <QuantConfig>             (ptq or qat; must come after every prune/finetune step)
+After every step the model is evaluated (validation split when `val_size` > 0, else test) and
+measured; the end result is exported, reloaded from the file, evaluated on the test set and
+measured again, so the recorded final footprint is the exported file's. Finished steps are saved
+under `<out>.work/`, so a killed pipeline resumes at the step it was in. This is what a study trial runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from .checkpoint import from_model, load_model, save_checkpoint
+from .data import load_split, split_validation
+from .errors import OrchestratorError
+from .footprint import measure
+from .footprint.export import export, load_export
+from .pruning import PruneData, finalize_, parse_config, prune_
+from .pruning.core import effective_weight, prunable_layers
+from .pruning.registry import FinetuneConfig, finetune
+from .quant import QuantConfig, quantize_
+from .train import evaluate
+
+STEPS = ("prune", "finetune", "quantize")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str | None = None  # checkpoint to start from (the CLI may give it instead)
+    teacher: str | None = None  # KD teacher checkpoint; default: the base, when a step uses kd
+    val_size: int = Field(5000, ge=0)  # held-out training images for per-step evaluation (0: test)
+    act_bits: int | None = Field(None, ge=1, le=32)  # footprint activation bits when no step quantizes them
+    steps: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_steps(self):
+        parsed = []
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, dict) or len(step) != 1:
+                raise ValueError(f"steps[{i}] must be a mapping with one key, one of: {', '.join(STEPS)}")
+            (name, cfg), = step.items()
+            if name not in STEPS:
+                raise ValueError(f"steps[{i}]: unknown step {name!r}; allowed: {', '.join(STEPS)}")
+            cfg = cfg or {}
+            if name == "prune":
+                parse_config(cfg)
+            elif name == "finetune":
+                FinetuneConfig.model_validate(cfg)
+            else:
+                QuantConfig.model_validate(cfg)
+            parsed.append(name)
+        if "quantize" in parsed and any(n != "quantize" for n in parsed[parsed.index("quantize"):]):
+            raise ValueError("quantize must come after every prune and finetune step (it fixes the weights' grid)")
+        if parsed.count("quantize") > 1:
+            raise ValueError("at most one quantize step")
+        return self
+
+    def uses_kd(self) -> bool:
+        """Whether any fine-tune (a finetune step, or a prune/quantize step's own) distills."""
+        for step in self.steps:
+            (name, cfg), = step.items()
+            ft = (cfg or {}) if name == "finetune" else ((cfg or {}).get("finetune") or {})
+            if isinstance(ft, dict) and ft.get("kd") is not None:
+                return True
+        return False
+
+
+def load_pipeline(path) -> PipelineConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise OrchestratorError(f"cannot read pipeline {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise OrchestratorError(f"{path} must hold a mapping with 'steps'")
+    return PipelineConfig.model_validate(raw)
+
+
+@torch.no_grad()
+def hold_zeros_(model: nn.Module) -> None:
+    """Attach masks for the weights that are exactly zero, so training keeps them zero."""
+    for module in prunable_layers(model).values():
+        w = effective_weight(module)
+        if bool((w == 0).any()) and not hasattr(module, "weight_mask"):
+            torch_prune.custom_from_mask(module, "weight", w != 0)
+
+
+def _sizes(model: nn.Module, act_bits: int | None) -> dict:
+    fp = measure(model, act_bits=act_bits)
+    return {"params": fp.params, "nonzero": fp.nonzero, "param_bits": fp.param_bits, "act_bits": fp.act_bits,
+            "activation_peak_bits": fp.activation_peak_bits, "total_bits": fp.total_bits, "macs": fp.macs,
+            "macs_sparse": fp.macs_sparse}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False) -> dict:
+    """Run every step; returns {'steps': [...records], 'final': {...}, 'export': path}. Resumable."""
+    base = base or config.base
+    if not base:
+        raise OrchestratorError("no base checkpoint: give one in the pipeline ('base:') or on the command line")
+    model, ckpt = load_model(base, device)
+    out = Path(out)
+    work = out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    train_split = load_split(ckpt.dataset, "train", data_dir)
+    test = load_split(ckpt.dataset, "test", data_dir)
+    val = None
+    if config.val_size:
+        train_split, val = split_validation(train_split, config.val_size)
+    teacher = None
+    if config.uses_kd():
+        teacher = load_model(config.teacher or base, device)[0]
+    eval_split = val if val is not None else test
+    act_bits = config.act_bits
+    records_path = work / "records.json"
+    records = json.loads(records_path.read_text()) if records_path.is_file() else []
+    if not records:
+        records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
+                        "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
+                        **_sizes(model, act_bits)})
+        _write_json(records_path, records)
+    done = len(records) - 1
+    if done:
+        model = load_model(work / f"step{done}.pt", device)[0]
+    for i, step in enumerate(config.steps[done:], start=done + 1):
+        (name, cfg), = step.items()
+        cfg = cfg or {}
+        data = PruneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
+                         progress=progress, work_dir=work / f"step{i}", teacher=teacher)
+        t0 = time.perf_counter()
+        if name == "prune":
+            model = finalize_(prune_(model, cfg, data))
+        elif name == "finetune":
+            hold_zeros_(model)
+            finetune(model, FinetuneConfig.model_validate(cfg), data, "finetune")
+            finalize_(model)
+        else:
+            model = quantize_(model, cfg, data)
+        record = {"step": name, "config": cfg, "seconds": time.perf_counter() - t0,
+                  "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
+                  **_sizes(model.cpu(), act_bits), "log": data.log}
+        model.to(device)
+        save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
+        records.append(record)
+        _write_json(records_path, records)
+        shutil.rmtree(work / f"step{i}", ignore_errors=True)
+    export_path = out.with_suffix(".orcx")
+    info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
+    exported, _ = load_export(export_path)
+    final = {"test_acc": evaluate(exported.to(device), test, ckpt.normalization, device)["acc"],
+             "base_test_acc": evaluate(load_model(base, device)[0], test, ckpt.normalization, device)["acc"],
+             **_sizes(exported.cpu(), act_bits), "file_bytes": info["file_bytes"],
+             "payload_bytes": info["payload_bytes"]}
+    final["compression"] = records[0]["total_bits"] / final["total_bits"]
+    final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
+    result = {"pipeline": config.model_dump(), "base": str(base), "steps": records, "final": final,
+              "export": str(export_path)}
+    save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
+                                    {"pipeline": config.model_dump(), "base": str(base)},
+                                    {"test_acc": final["test_acc"], "pipeline": result}))
+    _write_json(out.with_suffix(".json"), result)
+    shutil.rmtree(work)
+    return result
+
+
+__all__ = ["PipelineConfig", "load_pipeline", "run_pipeline", "hold_zeros_"]

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.footprint import measure
+from orchestrator.footprint.export import load_export
+from orchestrator.pipeline import PipelineConfig, hold_zeros_, run_pipeline
+from orchestrator.pruning import finalize_, prune_
+from orchestrator.pruning.core import effective_weight, prunable_layers
+from test_cli import one_line_error, run
+
+STEPS = [{"prune": {"method": "l1_filter", "ratio": 0.5}},
+         {"finetune": {"epochs": 1, "batch_size": 16, "kd": {"alpha": 0.5}}},
+         {"prune": {"method": "global_magnitude", "ratio": 0.6}},
+         {"quantize": {"method": "qat", "bits": 4, "act_bits": 8, "finetune": {"epochs": 1, "batch_size": 16}}}]
+
+
+def test_pipeline_applies_steps_in_order_and_records_the_exported_footprint(base, cifar10_dir, tmp_path):
+    config = PipelineConfig(val_size=20, steps=STEPS)
+    result = run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+    steps = result["steps"]
+    assert [s["step"] for s in steps] == ["base", "prune", "finetune", "prune", "quantize"]
+    assert steps[1]["params"] < steps[0]["params"]  # channels removed
+    assert steps[3]["nonzero"] < steps[2]["nonzero"] and steps[3]["params"] == steps[2]["params"]
+    assert steps[4]["param_bits"] < steps[3]["param_bits"] and steps[4]["act_bits"] == 8
+    exported, header = load_export(result["export"])
+    fp = measure(exported)
+    final = result["final"]
+    assert final["param_bits"] == fp.param_bits and final["total_bits"] == fp.total_bits
+    assert 0 <= final["payload_bytes"] - fp.param_bits / 8 <= 3 * len(fp.tensors)  # streams padded to bytes
+    assert final["compression"] == pytest.approx(steps[0]["total_bits"] / fp.total_bits)
+    layers = prunable_layers(exported)
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    assert zeros >= 0.6 * sum(m.weight.numel() for m in layers.values()) - 1  # sparsity survived QAT
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["final"] == final and not (tmp_path / "p.pt.work").exists()
+
+
+def test_pipeline_resumes_after_a_kill_without_redoing_finished_steps(base, cifar10_dir, tmp_path, monkeypatch):
+    import orchestrator.pipeline as pl
+    config = PipelineConfig(val_size=20, steps=STEPS[:3])
+    real, calls = pl.finetune, []
+
+    def dies(*a, **kw):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl, "finetune", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+    records = json.loads((tmp_path / "p.pt.work" / "records.json").read_text())
+    assert [r["step"] for r in records] == ["base", "prune"]
+    monkeypatch.setattr(pl, "finetune", real)
+    pruned = []
+    real_prune = pl.prune_
+    monkeypatch.setattr(pl, "prune_", lambda *a, **kw: pruned.append(a[1]) or real_prune(*a, **kw))
+    result = run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+    assert [s["step"] for s in result["steps"]] == ["base", "prune", "finetune", "prune"]
+    assert pruned == [STEPS[2]["prune"]]  # the first prune was not redone
+
+
+def test_finetune_step_keeps_pruned_weights_zero():
+    from orchestrator.models import build_model
+    model = finalize_(prune_(build_model("resnet8"), {"method": "global_magnitude", "ratio": 0.5}))
+    zeros = {n: m.weight == 0 for n, m in prunable_layers(model).items()}
+    hold_zeros_(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    for n, m in prunable_layers(model).items():
+        assert not effective_weight(m)[zeros[n]].any()
+
+
+def test_bad_pipelines_are_rejected_with_the_step_or_key_named():
+    with pytest.raises(Exception, match="unknown step 'distil'"):
+        PipelineConfig(steps=[{"distil": {}}])
+    with pytest.raises(Exception, match="quantize must come after"):
+        PipelineConfig(steps=[{"quantize": {}}, {"finetune": {}}])
+    with pytest.raises(Exception, match="bits"):
+        PipelineConfig(steps=[{"quantize": {"bits": "eight"}}])
+    with pytest.raises(Exception, match="unknown pruning method 'magic'"):
+        PipelineConfig(steps=[{"prune": {"method": "magic"}}])
+    with pytest.raises(Exception, match="stepz"):
+        PipelineConfig.model_validate({"stepz": [], "steps": [{"finetune": {}}]})
+    with pytest.raises(OrchestratorError, match="no base checkpoint"):
+        run_pipeline(PipelineConfig(steps=[{"finetune": {}}]), out="x.pt")
