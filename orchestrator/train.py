@@ -101,6 +101,37 @@ def evaluate(model: nn.Module, split: Split, normalization: dict, device="cpu", 
     return {"loss": loss_sum / n, "acc": correct / n, "n": len(split)}
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, normalization: dict, images: int, device="cpu",
+                   batch_size: int = 250) -> nn.Module:
+    """Re-estimate BN running statistics on `images` training images (no weight changes).
+
+    Pruning or quantizing without retraining shifts every layer's activation statistics; the stale
+    running means/variances then mis-normalize, and re-estimating them recovers much of the loss.
+    """
+    device = torch.device(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or images <= 0:
+        return model
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    was_training = model.training
+    model.to(device).train()
+    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device,
+                          train=False)
+    seen = 0
+    for x, _ in loader:
+        model(x)
+        seen += len(x)
+        if seen >= images:
+            break
+    for m, momentum in saved:
+        m.momentum = momentum
+    return model.train(was_training)
+
+
 def _save_state(path: Path, model, optimizer, epoch: int, history: list, config: TrainConfig) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,

@@ -152,7 +152,7 @@ def _teacher(path, student: Checkpoint):
 
 
 def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test", val_size: int = 5000,
-                     out_dir, device="cpu", on_point=None) -> list[dict]:
+                     out_dir, device="cpu", on_point=None, bn_recalibration: int = 0) -> list[dict]:
     """Method 1 of the seed for every method and ratio; resumable (rows are kept in sweep.json)."""
     from . import plots
     from .pruning.sweep import sweep, table_markdown
@@ -168,7 +168,13 @@ def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test
         _write_json(store, {"checkpoint": str(path), "rows": rows})
         on_point and on_point(rows[-1])
 
-    rows = sweep(model, data, ckpt.normalization, methods, ratios, device, done=done, on_point=save)
+    train_split = None
+    if bn_recalibration:  # the statistics come from training images that are not the evaluated ones
+        train_split = load_split(ckpt.dataset, "train", data_dir)
+        if split == "val":
+            train_split = split_validation(train_split, val_size)[0]
+    rows = sweep(model, data, ckpt.normalization, methods, ratios, device, done=done, on_point=save,
+                 bn_recalibration=bn_recalibration, train_split=train_split)
     (out_dir / "sweep.md").write_text(table_markdown(rows))
     plots.accuracy_vs_ratio(rows, out_dir / "sweep.png", f"{ckpt.arch}: accuracy without retraining ({data.name})",
                             footer=f"orchestrator sweep {path} --out {out_dir}")

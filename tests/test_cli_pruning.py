@@ -87,3 +87,11 @@ def test_prune_with_a_teacher_distills(base, cifar10_dir, tmp_path):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["config"]["prune"]["finetune"]["kd"] == {"temperature": 4.0, "alpha": 0.9}
     assert ckpt["config"]["teacher"] == str(base)
+
+
+def test_sweep_with_bn_recalibration_labels_its_rows(base, cifar10_dir, tmp_path):
+    r = run("sweep", base, "--data-dir", cifar10_dir, "--ratios", "0.5", "--methods", "random",
+            "--bn-recalibration", 40, "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"]
+    assert [(row["method"], row["ratio"]) for row in rows] == [("random+bn", 0.5)]

@@ -271,3 +271,22 @@ def test_taylor_filter_scores_channels_that_cannot_change_the_loss_as_zero():
     small = prune_(model, {"method": "taylor_filter", "ratio": 0, "ratios": {"layer1.0.conv1": 0.25}, "images": 32},
                    toy_data())
     assert torch.equal(small.layer1[0].conv1.weight, model.layer1[0].conv1.weight[4:])
+
+
+def test_bn_recalibration_matches_the_statistics_of_the_pruned_net():
+    from orchestrator.train import recalibrate_bn
+    torch.manual_seed(0)
+    model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+    data = toy_data()
+    pruned = prune_(copy.deepcopy(model), {"method": "random", "ratio": 0.5, "bn_recalibration": 48}, data)
+    # reference: the batch statistics of conv1's output over the same 48 images, computed directly
+    from orchestrator.loader import normalize
+    x = normalize(data.train.images, NORM["mean"], NORM["std"])
+    with torch.no_grad():
+        out = pruned.conv1(x)
+    assert torch.allclose(pruned.bn1.running_mean, out.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(pruned.bn1.running_var, out.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-4)
+    assert pruned.bn1.momentum == model.bn1.momentum and not pruned.training
+    with pytest.raises(OrchestratorError, match="needs data"):
+        prune_(copy.deepcopy(model), {"method": "random", "bn_recalibration": 10})
+    assert recalibrate_bn(nn.Sequential(nn.Conv2d(3, 3, 1)), data.train, NORM, 10) is not None

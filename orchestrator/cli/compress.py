@@ -127,10 +127,12 @@ def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finet
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--val-size", type=click.IntRange(min=1), default=5000, show_default=True)
 @device_option
+@click.option("--bn-recalibration", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Re-estimate BN statistics on this many training images after pruning (methods become NAME+bn).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
               help="Folder for sweep.json (resumable), sweep.md and sweep.png.")
 @_one_line_errors
-def sweep(checkpoint, methods, ratios, data_dir, split, val_size, device, out_dir):
+def sweep(checkpoint, methods, ratios, data_dir, split, val_size, device, bn_recalibration, out_dir):
     """Accuracy for many pruning ratios without retraining (the seed's method 1); resumes when rerun."""
     from .. import workflows
     from ..pruning.sweep import table_markdown
@@ -141,7 +143,8 @@ def sweep(checkpoint, methods, ratios, data_dir, split, val_size, device, out_di
 
     rows = workflows.sweep_checkpoint(checkpoint, methods=[m.strip() for m in methods.split(",") if m.strip()],
                                       ratios=_floats(ratios, "--ratios"), data_dir=data_dir, split=split,
-                                      val_size=val_size, out_dir=out_dir, device=_device(device), on_point=echo)
+                                      val_size=val_size, out_dir=out_dir, device=_device(device), on_point=echo,
+                                      bn_recalibration=bn_recalibration)
     click.echo(table_markdown(rows) + f"-> {out_dir}/sweep.md, sweep.png, sweep.json")
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..data import Split
 from ..distill import KDConfig, kd_loss_fn
 from ..errors import OrchestratorError
-from ..train import TrainConfig, train
+from ..train import TrainConfig, recalibrate_bn, train
 from .core import prunable_layers
 
 
@@ -41,12 +41,13 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: str
+    bn_recalibration: int = Field(0, ge=0)  # training images to re-estimate BN statistics on at the end (0: off)
     structured: ClassVar[bool] = False  # True: returns a smaller dense model (new width spec)
 
     def needs_data(self) -> bool:
-        """Whether the method needs training/calibration data (fine-tuning counts)."""
+        """Whether the method needs training/calibration data (fine-tuning and BN recalibration count)."""
         ft = getattr(self, "finetune", None)
-        return bool(ft and ft.epochs)
+        return bool(ft and ft.epochs) or self.bn_recalibration > 0
 
 
 @dataclass
@@ -109,7 +110,11 @@ def prune_(model: nn.Module, config: PruneConfig | dict, data: PruneData | None 
     if config.needs_data() and data is None:
         raise OrchestratorError(f"method {config.method!r} with this config needs data "
                                 "(training images for fine-tuning or calibration); none was given")
-    return METHODS[config.method][1](model, config, data)
+    model = METHODS[config.method][1](model, config, data)
+    if config.bn_recalibration:
+        recalibrate_bn(model, data.require("train", "BN recalibration"), data.normalization,
+                       config.bn_recalibration, data.device)
+    return model
 
 
 def finetune(model: nn.Module, config: FinetuneConfig, data: PruneData | None, tag: str,

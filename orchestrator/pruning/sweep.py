@@ -10,17 +10,23 @@ from torch import nn
 from ..data import Split
 from ..train import evaluate
 from .core import check_ratio, finalize_, prunable_layers
-from .registry import parse_config, prune_
+from .registry import PruneData, parse_config, prune_
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_METHODS = ("global_magnitude", "layer_magnitude", "random")
 
 
 def sweep(model: nn.Module, split: Split, normalization: dict, methods=DEFAULT_METHODS, ratios=DEFAULT_RATIOS,
-          device="cpu", done: list[dict] | None = None, on_point: Callable[[list[dict]], None] | None = None
-          ) -> list[dict]:
-    """Rows {method, ratio, sparsity, acc, loss, params, nonzero}; rows already in `done` are kept, not redone."""
-    configs = {m: parse_config({"method": m}) for m in methods}
+          device="cpu", done: list[dict] | None = None, on_point: Callable[[list[dict]], None] | None = None,
+          bn_recalibration: int = 0, train_split: Split | None = None) -> list[dict]:
+    """Rows {method, ratio, sparsity, acc, loss, params, nonzero}; rows already in `done` are kept, not redone.
+
+    With `bn_recalibration` > 0, BN statistics are re-estimated on that many `train_split` images
+    after pruning (no weight is trained) and the method is labeled `<method>+bn`.
+    """
+    suffix = "+bn" if bn_recalibration else ""
+    configs = {m + suffix: parse_config({"method": m, "bn_recalibration": bn_recalibration}) for m in methods}
+    data = PruneData(train=train_split, normalization=normalization, device=device) if bn_recalibration else None
     ratios = [check_ratio(r) for r in ratios]
     rows = list(done or [])
     have = {(r["method"], r["ratio"]) for r in rows}
@@ -29,7 +35,7 @@ def sweep(model: nn.Module, split: Split, normalization: dict, methods=DEFAULT_M
         for ratio in ratios:
             if (method, ratio) in have:
                 continue
-            pruned = prune_(copy.deepcopy(model), config.model_copy(update={"ratio": ratio}))
+            pruned = prune_(copy.deepcopy(model), config.model_copy(update={"ratio": ratio}), data)
             finalize_(pruned)
             result = evaluate(pruned.to(device), split, normalization, device)
             nonzero = sum(int((m.weight != 0).sum()) for m in prunable_layers(pruned).values())
