@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -35,6 +34,7 @@ from .pruning.core import effective_weight, prunable_layers
 from .pruning.registry import FinetuneConfig, finetune
 from .quant import QuantConfig, quantize_
 from .train import evaluate
+from .yamlio import read_mapping
 
 STEPS = ("prune", "finetune", "quantize")
 
@@ -81,13 +81,7 @@ class PipelineConfig(BaseModel):
 
 
 def load_pipeline(path) -> PipelineConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise OrchestratorError(f"cannot read pipeline {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise OrchestratorError(f"{path} must hold a mapping with 'steps'")
-    return PipelineConfig.model_validate(raw)
+    return PipelineConfig.model_validate(read_mapping(path, "pipeline"))
 
 
 @torch.no_grad()

@@ -227,4 +227,4 @@ def data_check(dataset, data_dir, download):
     click.echo(f"ok: {dataset} in {root}")
 
 
-from . import compress, pipelines  # noqa: E402,F401  (register their commands on main)
+from . import compress, pipelines, studies  # noqa: E402,F401  (register their commands on main)

@@ -21,18 +21,10 @@ def _floats(text: str | None, name: str) -> list[float] | None:
 
 
 def _read_yaml(path, what: str) -> dict:
-    """A mapping from a YAML file ({} without a file); unreadable or non-mapping files are one-line errors."""
-    import yaml
+    """A mapping from a YAML file ({} without a file)."""
+    from ..yamlio import read_mapping
 
-    if not path:
-        return {}
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise OrchestratorError(f"cannot read {what} {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(config, dict):
-        raise OrchestratorError(f"{path} must hold a mapping of config keys")
-    return config
+    return read_mapping(path, what) if path else {}
 
 
 def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr, finetune_bs,

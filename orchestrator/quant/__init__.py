@@ -24,7 +24,7 @@ from ..pruning.registry import FinetuneConfig, PruneData, finetune
 from ..quantize import FORMATS, check_bits, quantize_weight_
 from .fake import ActQuant, attach_act_quant_, fake_quantize_weight_, strip_weight_fake_quant_
 
-Format = Literal["int", "binary", "fp16", "bf16"]
+Format = Literal["int", "binary", "fp16", "bf16", "fp32"]  # fp32: weights untouched (activations only)
 
 
 class QuantConfig(BaseModel):
@@ -61,7 +61,10 @@ class QuantConfig(BaseModel):
                 fmt, bits = "int", self.layer_bits[name]
             elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in ("int", "binary"):
                 fmt, bits = "int", self.ends_bits
-            plan[name] = (fmt, check_bits(fmt, bits) if fmt == "int" else check_bits(fmt, None))
+            if fmt == "fp32":
+                plan[name] = ("fp32", 32)
+            else:
+                plan[name] = (fmt, check_bits(fmt, bits) if fmt == "int" else check_bits(fmt, None))
         return plan
 
 
@@ -104,14 +107,16 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: PruneData | No
         model.act_bits = config.act_bits
     if config.method == "qat":
         for name, module in layers.items():
-            fake_quantize_weight_(module, *plan[name])
+            if plan[name][0] != "fp32":
+                fake_quantize_weight_(module, *plan[name])
         finetune(model, config.finetune, data, "qat")
         for module in layers.values():
             strip_weight_fake_quant_(module)
     elif config.act_bits is not None:
         calibrate_(model, data, config.calibration_images)
     for name, module in layers.items():
-        quantize_weight_(module, *plan[name])
+        if plan[name][0] != "fp32":
+            quantize_weight_(module, *plan[name])
     return model.eval()
 
 

@@ -1,0 +1,113 @@
+"""Study commands: study run / resume / status / pareto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import _device, _one_line_errors, data_dir_option, device_option, main
+
+storage_option = click.option("--storage", default=None,
+                              help="Optuna storage URL (default: sqlite:///runs/studies.db; postgresql://... "
+                                   "for several machines).")
+mlflow_option = click.option("--mlflow", "tracking_uri", default=None,
+                             help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db + ./mlruns).")
+
+
+@main.group()
+def study():
+    """Optuna multi-objective studies over compression pipelines, tracked in MLflow."""
+
+
+def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist):
+    from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
+    from ..study.pareto import export_pareto
+
+    space = load_space(space_file)
+    storage = storage or DEFAULT_STORAGE
+    if must_exist:
+        open_study(space, storage, create=False)
+
+    def echo(number, params, values):
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        click.echo(f"trial {number}: {shown} -> " + ", ".join(
+            f"{o} {v:.4g}" for o, v in zip(space.objectives, values)))
+
+    st = run_study(space, storage=storage, data_dir=data_dir, out_dir=out_dir, tracking_uri=tracking_uri,
+                   device=_device(device), trials=trials, progress=not quiet, on_trial=echo)
+    files = export_pareto(st, Path(out_dir) / space.name / "pareto",
+                          footer=f"orchestrator study pareto {space_file} --storage {storage}")
+    click.echo(f"{space.name}: {status(st)}; Pareto front: {len(st.best_trials)} trials -> {files[1]}")
+
+
+def _common(fn):
+    for opt in reversed([storage_option, mlflow_option, data_dir_option, device_option,
+                         click.option("--out", "out_dir", default="runs/studies", show_default=True,
+                                      help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
+                         click.option("--trials", type=click.IntRange(min=1), default=None,
+                                      help="At most this many trials now (default: up to the budget)."),
+                         click.option("--quiet", is_flag=True, help="No training progress output.")]):
+        fn = opt(fn)
+    return fn
+
+
+def _run_command(name: str, must_exist: bool, doc: str):
+    @study.command(name, help=doc)
+    @click.argument("space_file", type=click.Path(dir_okay=False))
+    @_common
+    @_one_line_errors
+    def command(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet):
+        _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist=must_exist)
+
+    return command
+
+
+study_run = _run_command("run", False, "Run (or continue) the study a search-space YAML describes, up to its budget.")
+study_resume = _run_command("resume", True, "Continue an existing study (an error if there is none by that name).")
+
+
+@study.command("status")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@storage_option
+@_one_line_errors
+def study_status(space_file, storage):
+    """Trial counts by state and the current Pareto front."""
+    from ..study import DEFAULT_STORAGE, load_space, open_study, status
+    from ..study.pareto import rows
+
+    space = load_space(space_file)
+    st = open_study(space, storage or DEFAULT_STORAGE, create=False)
+    click.echo(f"{space.name}: {status(st)} of budget {space.budget.trials}")
+    for r in rows(st):
+        if r["pareto"]:
+            click.echo(f"  trial {r['trial']}: {r['label']}: val {100 * r['val_acc']:.2f}%, "
+                       f"footprint {r['footprint_bytes']:,.0f} B")
+    for t in st.get_trials(deepcopy=False):
+        if t.state.name == "FAIL":
+            click.echo(f"  trial {t.number} failed: {t.user_attrs.get('fail_reason', 'worker lost (no heartbeat)')}")
+
+
+@study.command("pareto")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@storage_option
+@mlflow_option
+@click.option("--out", "out_dir", default=None, help="Default: runs/studies/<name>/pareto")
+@_one_line_errors
+def study_pareto(space_file, storage, tracking_uri, out_dir):
+    """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
+    from ..errors import OrchestratorError
+    from ..study import DEFAULT_STORAGE, load_space, open_study
+    from ..study.pareto import export_pareto
+    from ..study.tracking import PARENT_ATTR, Tracker
+
+    space = load_space(space_file)
+    storage = storage or DEFAULT_STORAGE
+    st = open_study(space, storage, create=False)
+    if not any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
+        raise OrchestratorError(f"study {space.name!r} has no finished trial yet")
+    out = Path(out_dir or Path("runs/studies") / space.name / "pareto")
+    files = export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}")
+    if PARENT_ATTR in st.user_attrs:
+        Tracker(tracking_uri, space.name).log_parent_files(st.user_attrs[PARENT_ATTR], files)
+    click.echo("\n".join(str(f) for f in files))

@@ -1,0 +1,141 @@
+"""Pareto export: the front as CSV and Markdown tables, a PNG, and a self-contained interactive HTML.
+
+Accuracy is the validation accuracy the study optimized; the test accuracy of every trial
+(measured on its exported file) is reported beside it, never used for selection.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+from pathlib import Path
+
+
+def rows(study) -> list[dict]:
+    """One row per complete trial, with `pareto` marking the front."""
+    front = {t.number for t in study.best_trials}
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE":
+            continue
+        a, p = t.user_attrs, t.params
+        bits = p.get("bits", 32)
+        label = f"{p.get('method', 'none')}" + (f" r={p['ratio']:.2f}" if p.get("method", "none") != "none" else "")
+        label += f" w{bits}" + (f"a{p['act_bits']}" if p.get("act_bits", 32) < 32 else "")
+        label += f" ft{p.get('finetune_epochs', 0)}" + (" kd" if p.get("kd") and p.get("finetune_epochs") else "")
+        out.append({"trial": t.number, "pareto": t.number in front, "label": label, **p,
+                    "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"),
+                    "footprint_bytes": a.get("total_bits", 0) / 8, "param_bytes": a.get("param_bits", 0) / 8,
+                    "activation_peak_bytes": a.get("activation_peak_bits", 0) / 8, "macs": a.get("macs_sparse"),
+                    "compression": a.get("compression"), "base_val_acc": a.get("base_val_acc"),
+                    "base_test_acc": a.get("base_test_acc"), "base_footprint_bytes": a.get("base_total_bits", 0) / 8,
+                    "mlflow_run_id": a.get("mlflow_run_id")})
+    return sorted(out, key=lambda r: r["footprint_bytes"])
+
+
+COLUMNS = ["trial", "pareto", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
+           "activation_peak_bytes", "macs", "compression", "mlflow_run_id"]
+
+
+def write_tables(data: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "pareto.csv", out_dir / "pareto.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(data)
+    lines = ["| trial | configuration | val acc | test acc | footprint (bytes) | parameters | activations | compression |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data:
+        if r["pareto"]:
+            lines.append(f"| {r['trial']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
+                         f"{r['footprint_bytes']:,.0f} | {r['param_bytes']:,.0f} | {r['activation_peak_bytes']:,.0f} | "
+                         f"{r['compression']:.1f}x |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
+    from ..plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    dom = [r for r in data if not r["pareto"]]
+    front = [r for r in data if r["pareto"]]
+    ax.scatter([r["footprint_bytes"] for r in dom], [100 * r["val_acc"] for r in dom], s=14, color="0.6",
+               alpha=0.35, label="dominated trials")
+    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o-", color="C0", ms=5,
+            label="Pareto front (validation)")
+    for r in front:
+        ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    if data:
+        ax.scatter([data[0]["base_footprint_bytes"]], [100 * data[0]["base_val_acc"]], marker="*", s=120, color="C3",
+                   label="dense base model", zorder=5)
+    ax.set_xscale("log")
+    ax.set(xlabel="total footprint: parameters + peak activations (bytes, log scale)",
+           ylabel="validation accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path, footer)
+
+
+def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
+    """A dependency-free interactive page: an SVG scatter whose points show their trial on hover."""
+    w, h, m = 860, 520, 60
+    xs = [r["footprint_bytes"] for r in data] + ([data[0]["base_footprint_bytes"]] if data else [])
+    ys = [100 * r["val_acc"] for r in data] + ([100 * data[0]["base_val_acc"]] if data else [])
+    lx0, lx1 = (math.log10(min(xs)) - 0.1, math.log10(max(xs)) + 0.1) if xs else (0, 1)
+    y0, y1 = (min(ys) - 2, max(ys) + 2) if ys else (0, 100)
+
+    def px(x):
+        return m + (math.log10(x) - lx0) / (lx1 - lx0 or 1) * (w - 2 * m)
+
+    def py(y):
+        return h - m - (y - y0) / (y1 - y0 or 1) * (h - 2 * m)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="black"/>']
+    for e in range(math.ceil(lx0), math.floor(lx1) + 1):
+        x = m + (e - lx0) / (lx1 - lx0) * (w - 2 * m)
+        parts.append(f'<line x1="{x:.1f}" y1="{m}" x2="{x:.1f}" y2="{h - m}" stroke="#ddd"/>'
+                     f'<text x="{x:.1f}" y="{h - m + 16}" text-anchor="middle">1e{e} B</text>')
+    for k in range(6):
+        y = y0 + k * (y1 - y0) / 5
+        parts.append(f'<text x="{m - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.1f}%</text>')
+    front = [r for r in data if r["pareto"]]
+    if len(front) > 1:
+        pts = " ".join(f"{px(r['footprint_bytes']):.1f},{py(100 * r['val_acc']):.1f}" for r in front)
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="#1f77b4"/>')
+    for r in data:
+        tip = html.escape(f"trial {r['trial']}: {r['label']}\nval {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%"
+                          f"\nfootprint {r['footprint_bytes']:,.0f} B ({r['compression']:.1f}x smaller)")
+        color, opacity = ("#1f77b4", 1.0) if r["pareto"] else ("#888", 0.4)
+        parts.append(f'<circle cx="{px(r["footprint_bytes"]):.1f}" cy="{py(100 * r["val_acc"]):.1f}" r="5" '
+                     f'fill="{color}" fill-opacity="{opacity}"><title>{tip}</title></circle>')
+    if data:
+        parts.append(f'<text x="{px(data[0]["base_footprint_bytes"]):.1f}" y="{py(100 * data[0]["base_val_acc"]) + 5:.1f}" '
+                     f'text-anchor="middle" font-size="18" fill="#d62728">&#9733;<title>dense base model</title></text>')
+    parts.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">total footprint (bytes, log scale)</text></svg>')
+    table = "".join(f"<tr><td>{r['trial']}</td><td>{html.escape(r['label'])}</td><td>{100 * r['val_acc']:.2f}%</td>"
+                    f"<td>{100 * r['test_acc']:.2f}%</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+            f"<h2>{html.escape(title)}</h2><p>Hover a point for its trial. Blue: Pareto front; grey: dominated; "
+            f"star: dense base model.</p>{''.join(parts)}<table border='1' cellpadding='4'><tr><th>trial</th>"
+            f"<th>configuration</th><th>val</th><th>test</th><th>footprint (B)</th></tr>{table}</table>"
+            f"<p style='color:#666;font-size:11px'>{html.escape(footer)}</p></body></html>")
+    path.write_text(page)
+    return path
+
+
+def export_pareto(study, out_dir, footer: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    data = rows(study)
+    csv_path, md_path = write_tables(data, out_dir)
+    title = f"study {study.study_name}: accuracy vs memory footprint ({len(data)} trials)"
+    png = plot_png(data, out_dir / "pareto.png", title, footer)
+    page = plot_html(data, out_dir / "pareto.html", title, footer)
+    return [csv_path, md_path, png, page]

@@ -1,0 +1,142 @@
+"""Optuna studies: a named study in a storage URL, each trial a pipeline, failures recorded, resumable.
+
+Storage: an SQLite file by default (embedded, no server) or any RDB URL (PostgreSQL for several
+machines). Trials carry a heartbeat, so a worker killed mid-trial leaves a trial that the next
+`study run` marks failed and retries once; finished trials are never redone. `study run` with an
+existing name continues the study up to its budget instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+from ..errors import OrchestratorError
+from ..pipeline import run_pipeline
+from .space import SearchSpace
+from .tracking import Tracker
+
+DEFAULT_STORAGE = "sqlite:///runs/studies.db"
+FINISHED = ("COMPLETE", "FAIL")
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_for(url: str):
+    """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error."""
+    optuna = _optuna()
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # heartbeats are flagged experimental; they are what resume relies on
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=90,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except Exception as exc:
+        raise OrchestratorError(f"cannot open study storage {url!r}: {str(exc).splitlines()[0][:200]}; "
+                                "allowed: sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB") from None
+
+
+def _sampler(space: SearchSpace):
+    optuna = _optuna()
+    s = space.sampler
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=s.seed)
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
+
+
+def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True):
+    optuna = _optuna()
+    st = storage_for(storage)
+    if not create:
+        try:
+            return optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space))
+        except KeyError:
+            raise OrchestratorError(f"no study named {space.name!r} in {storage}") from None
+    return optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
+                               directions=space.directions(), load_if_exists=True)
+
+
+def finished(study) -> int:
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def objectives_of(space: SearchSpace, result: dict) -> list[float]:
+    f = result["final"]
+    values = {"accuracy": result["steps"][-1]["eval_acc"], "footprint": f["total_bits"] / 8, "macs": f["macs_sparse"]}
+    return [values[o] for o in space.objectives]
+
+
+def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=None, out_dir="runs/studies",
+              tracking_uri: str | None = None, device="cpu", trials: int | None = None, progress=False,
+              on_trial=None):
+    """Run trials until the budget's finished-trial count (or `trials` more, or the timeout); returns the study."""
+    study = open_study(space, storage)
+    tracker = Tracker(tracking_uri, space.name)
+    parent = tracker.parent(study, space.model_dump())
+    out = Path(out_dir) / space.name
+    log = logging.getLogger("orchestrator.study")
+
+    def objective(trial):
+        pipeline = space.suggest(trial)
+        run_id = tracker.start_trial(parent, space.name, trial.number, dict(trial.params))
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("pipeline", pipeline.model_dump())
+        ckpt = out / f"trial{trial.number:04d}.pt"
+        try:
+            result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress)
+        except Exception as exc:  # recorded as a failed trial with its reason; the study goes on
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            tracker.fail_trial(run_id, reason + "\n" + traceback.format_exc()[-3000:])
+            log.warning("trial %d failed: %s", trial.number, reason)
+            raise
+        values = objectives_of(space, result)
+        f = result["final"]
+        for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs", "macs_sparse", "nonzero",
+                  "compression", "file_bytes"):
+            trial.set_user_attr(k, f[k])
+        trial.set_user_attr("val_acc", result["steps"][-1]["eval_acc"])
+        trial.set_user_attr("base_val_acc", result["steps"][0]["eval_acc"])
+        trial.set_user_attr("base_total_bits", result["steps"][0]["total_bits"])
+        trial.set_user_attr("base_test_acc", f["base_test_acc"])
+        trial.set_user_attr("checkpoint", str(ckpt))
+        trial.set_user_attr("export", result["export"])
+        tracker.finish_trial(run_id, result, ckpt, Path(result["export"]))
+        if on_trial:
+            on_trial(trial.number, trial.params, values)
+        return values
+
+    remaining = space.budget.trials - finished(study)
+    n = remaining if trials is None else min(trials, remaining)
+    if n > 0:
+        timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
+        study.optimize(objective, n_trials=n, timeout=timeout, catch=(Exception,))
+    pareto_ids = {t.user_attrs.get("mlflow_run_id") for t in study.best_trials}
+    all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
+               if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
+    tracker.tag_pareto(pareto_ids, all_ids)
+    return study
+
+
+def status(study) -> dict:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+__all__ = ["DEFAULT_STORAGE", "open_study", "run_study", "status", "storage_for", "finished"]

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+import yaml
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.study import load_space, run_study
+from orchestrator.study.runner import open_study, status
+from test_cli import one_line_error, run
+
+
+def space_file(tmp_path, base, **over):
+    space = {"name": "tiny", "base": str(base), "val_size": 20,
+             "finetune": {"batch_size": 16},
+             "dimensions": {"method": ["none", "global_magnitude", "l1_filter"], "ratio": [0.3, 0.6],
+                            "finetune_epochs": [0], "bits": [32, 4], "act_bits": [32]},
+             "sampler": {"name": "random", "seed": 0}, "budget": {"trials": 4}}
+    space.update(over)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder (./mlruns) lands here
+    return tmp_path
+
+
+def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in_tmp):
+    import mlflow
+    path = space_file(in_tmp, base)
+    storage, uri = f"sqlite:///{in_tmp}/optuna.db", f"sqlite:///{in_tmp}/mlflow.db"
+    r = run("study", "run", path, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--quiet",
+            "--out", in_tmp / "studies")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("trial ") >= 4 and "Pareto front" in r.output
+    st = open_study(load_space(path), storage, create=False)
+    assert status(st) == {"COMPLETE": 4}
+    for t in st.trials:
+        assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
+    pareto = in_tmp / "studies" / "tiny" / "pareto"
+    for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.md"):
+        assert (pareto / name).stat().st_size > 100
+    html = (pareto / "pareto.html").read_text()
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "<title>trial" in html
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [x for x in runs if x.data.tags.get("orchestrator.kind") == "study"]
+    trials = [x for x in runs if x.data.tags.get("orchestrator.kind") == "trial"]
+    assert len(parent) == 1 and len(trials) == 4
+    assert all(x.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for x in trials)
+    assert all({"val_acc", "test_acc", "footprint_bytes"} <= set(x.data.metrics) for x in trials)
+    assert {x.data.tags["orchestrator.pareto"] for x in trials} <= {"true", "false"}
+    assert sum(x.data.tags["orchestrator.pareto"] == "true" for x in trials) == len(st.best_trials)
+    arts = [a.path for a in client.list_artifacts(trials[0].info.run_id)]
+    assert "record.json" in arts and any(a.endswith(".orcx") for a in arts) and any(a.endswith(".pt") for a in arts)
+    # a second run with the same name resumes: the budget is spent, nothing is redone
+    r = run("study", "run", path, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--quiet",
+            "--out", in_tmp / "studies")
+    assert r.exit_code == 0 and "trial 4" not in r.output
+    assert len(open_study(load_space(path), storage, create=False).trials) == 4
+    r = run("study", "status", path, "--storage", storage)
+    assert r.exit_code == 0 and "COMPLETE" in r.output
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(base, cifar10_dir, in_tmp):
+    path = space_file(in_tmp, base, finetune={"batch_size": 1000},
+                      dimensions={"method": ["global_magnitude"], "ratio": [0.5], "finetune_epochs": [1, 0]},
+                      budget={"trials": 3})
+    st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir,
+                   out_dir=in_tmp / "s", tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    states = [t.state.name for t in st.trials]
+    assert len(states) == 3 and "FAIL" in states
+    failed = [t for t in st.trials if t.state.name == "FAIL"]
+    assert all("batch_size=1000 exceeds" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_search_space_validation(tmp_path, base):
+    good = load_space(space_file(tmp_path, base))
+    assert good.directions() == ["maximize", "minimize"]
+    bad = {"dimensions": {"method": ["magic"]}}
+    for over, pattern in ((bad, "unknown method 'magic'"), ({"dimensions": {"ratio": {"low": 0.9, "high": 0.2}}}, "low=0.9"),
+                          ({"dimensions": {"bits": [12]}}, "bits must be"), ({"budget": {"trials": 0}}, "trials"),
+                          ({"objectives": ["footprint"]}, "accuracy"), ({"sampler": {"name": "cmaes"}}, "sampler"),
+                          ({"extra_key": 1}, "extra_key"), ({"name": "bad name!"}, "name")):
+        with pytest.raises(Exception, match=pattern):
+            load_space(space_file(tmp_path, base, **over))
+    one_line_error(run("study", "run", space_file(tmp_path, base, budget={"trials": -1})), "trials")
+    one_line_error(run("study", "status", space_file(tmp_path, base), "--storage", f"sqlite:///{tmp_path}/none.db"),
+                   "no study named 'tiny'")
+    one_line_error(run("study", "status", space_file(tmp_path, base), "--storage", "postgresql://u:p@127.0.0.1:1/x"),
+                   "cannot open study storage")
+    with pytest.raises(OrchestratorError, match="ratio as a list"):
+        load_space(space_file(tmp_path, base, dimensions={"ratio": {"low": 0.1, "high": 0.5}})).grid()
+
+
+def test_every_search_space_shipped_is_valid():
+    from pathlib import Path
+    files = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
+    assert files
+    for f in files:
+        space = load_space(f)
+        assert space.budget.trials >= 1 and json.dumps(space.model_dump())
