@@ -8,12 +8,15 @@ ARCH ?= resnet20
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: install run test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+## Create .venv and install the package with its test dependencies.
+install: $(STAMP)
 
 ## Main job: train and evaluate a baseline on CIFAR-10 from $(DATA_DIR) (downloaded there if online).
 run: $(STAMP)

@@ -103,3 +103,79 @@ def test_every_search_space_shipped_is_valid():
     for f in files:
         space = load_space(f)
         assert space.budget.trials >= 1 and json.dumps(space.model_dump())
+
+
+def _worker(space, storage, uri, data_dir, out, env):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "study", "run", str(space), "--storage", storage,
+                             "--mlflow", uri, "--data-dir", str(data_dir), "--out", str(out), "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_worker_killed_mid_trial_loses_no_finished_trial(base, cifar10_dir, in_tmp):
+    import os
+    import signal
+    import time
+    path = space_file(in_tmp, base, dimensions={"method": ["global_magnitude"], "ratio": [0.3, 0.5, 0.7],
+                                                "finetune_epochs": [2]}, budget={"trials": 3})
+    storage, uri = f"sqlite:///{in_tmp}/o.db", f"sqlite:///{in_tmp}/m.db"
+    env = {**os.environ, "ORCHESTRATOR_HEARTBEAT_S": "1", "OMP_NUM_THREADS": "1"}
+    proc = _worker(path, storage, uri, cifar10_dir, in_tmp / "s", env)
+    space = load_space(path)
+    deadline = time.time() + 120
+    before = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            trials = open_study(space, storage, create=False).trials
+        except OrchestratorError:
+            trials = []
+        done = [t for t in trials if t.state.name == "COMPLETE"]
+        if done and any(t.state.name == "RUNNING" for t in trials):
+            before = {t.number: (t.params, t.values) for t in done}
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert before, "the worker was never caught between two trials"
+    time.sleep(3.5)  # longer than the heartbeat grace period: the killed trial is now stale
+    os.environ["ORCHESTRATOR_HEARTBEAT_S"] = "1"
+    try:
+        st = run_study(space, storage=storage, data_dir=cifar10_dir, out_dir=in_tmp / "s", tracking_uri=uri)
+    finally:
+        del os.environ["ORCHESTRATOR_HEARTBEAT_S"]
+    complete = {t.number: (t.params, t.values) for t in st.trials if t.state.name == "COMPLETE"}
+    assert all(complete[n] == v for n, v in before.items())  # finished trials survived, unchanged
+    assert len(complete) == 3 and sum(t.state.name == "FAIL" for t in st.trials) == 1
+
+
+def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_dir, in_tmp):
+    """The several-machine topology on loopback (.ci/services.sh starts the servers in CI)."""
+    import os
+    import uuid
+    pg, server = os.environ.get("ORCHESTRATOR_TEST_POSTGRES"), os.environ.get("ORCHESTRATOR_TEST_MLFLOW")
+    if not (pg and server):
+        pytest.skip("no PostgreSQL/MLflow servers (source .ci/services.sh start to run this test)")
+    import mlflow
+    name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    path = space_file(in_tmp, base, name=name, dimensions={"method": ["none", "global_magnitude", "l1_filter"],
+                                                           "ratio": [0.3, 0.5, 0.7], "bits": [32, 8]},
+                      budget={"trials": 8})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [_worker(path, pg, server, cifar10_dir, in_tmp / f"w{i}", env) for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    assert all("trial " in o for o in outputs), outputs  # both workers ran trials
+    st = open_study(load_space(path), pg, create=False)
+    numbers = [t.number for t in st.trials]
+    complete = [t for t in st.trials if t.state.name == "COMPLETE"]
+    assert len(numbers) == len(set(numbers)) and 8 <= len(complete) <= 9 and len(complete) == len(st.trials)
+    client = mlflow.MlflowClient(server)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("orchestrator.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("orchestrator.kind") == "trial"]
+    assert len(parents) == 1
+    assert sorted(int(r.data.tags["orchestrator.trial"]) for r in children) == sorted(t.number for t in complete)
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and r.info.status == "FINISHED"
+               for r in children)

@@ -9,6 +9,7 @@ existing name continues the study up to its budget instead of starting over.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .space import SearchSpace
 from .tracking import Tracker
 
 DEFAULT_STORAGE = "sqlite:///runs/studies.db"
-FINISHED = ("COMPLETE", "FAIL")
+HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
 
 
 def _optuna():
@@ -38,8 +39,9 @@ def storage_for(url: str):
     try:
         with warnings.catch_warnings():  # heartbeats are flagged experimental; they are what resume relies on
             warnings.simplefilter("ignore")
+            beat = max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=30, grace_period=90,
+                url, heartbeat_interval=beat, grace_period=3 * beat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as exc:
         raise OrchestratorError(f"cannot open study storage {url!r}: {str(exc).splitlines()[0][:200]}; "
@@ -71,7 +73,10 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
 
 
 def finished(study) -> int:
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+    """Trials that count against the budget: complete ones, and ones that failed for a reason of their own
+    (a trial lost with a killed worker is retried instead)."""
+    return sum(t.state.name == "COMPLETE" or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
+               for t in study.get_trials(deepcopy=False))
 
 
 def objectives_of(space: SearchSpace, result: dict) -> list[float]:
@@ -120,11 +125,15 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
             on_trial(trial.number, trial.params, values)
         return values
 
+    def stop_at_budget(st, _trial):  # other workers share the study: stop once the budget is spent by anyone
+        if finished(st) >= space.budget.trials:
+            st.stop()
+
     remaining = space.budget.trials - finished(study)
     n = remaining if trials is None else min(trials, remaining)
     if n > 0:
         timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
-        study.optimize(objective, n_trials=n, timeout=timeout, catch=(Exception,))
+        study.optimize(objective, n_trials=n, timeout=timeout, catch=(Exception,), callbacks=[stop_at_budget])
     pareto_ids = {t.user_attrs.get("mlflow_run_id") for t in study.best_trials}
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]

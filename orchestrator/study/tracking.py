@@ -53,7 +53,13 @@ class Tracker:
         for k, v in _flat("", {k: space_dump[k] for k in ("dataset", "base", "val_size", "objectives")}, {}).items():
             self.client.log_param(run.info.run_id, k, v)
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        return run.info.run_id
+        # Workers starting together may each create a parent; the last one written to the study wins
+        # and the others delete theirs, so every trial nests under the same run.
+        time.sleep(0.5)
+        winner = study._storage.get_study_user_attrs(study._study_id).get(PARENT_ATTR)
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return winner
 
     def start_trial(self, parent: str, study_name: str, number: int, params: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}",
