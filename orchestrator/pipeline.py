@@ -12,6 +12,7 @@ under `<out>.work/`, so a killed pipeline resumes at the step it was in. This is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -106,8 +107,43 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False) -> dict:
-    """Run every step; returns {'steps': [...records], 'final': {...}, 'export': path}. Resumable."""
+class StepCache:
+    """Finished steps shared between pipelines (study trials): a step's result is stored under a hash of
+    everything that determines it (base checkpoint file, data, validation size, the steps up to it), so
+    a trial whose first steps match an earlier trial's loads them instead of recomputing them."""
+
+    def __init__(self, folder, base, data_dir, val_size: int, teacher, act_bits):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        st = Path(base).stat()
+        self.identity = {"base": str(Path(base).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+                         "data_dir": str(data_dir), "val_size": val_size, "teacher": str(teacher),
+                         "act_bits": act_bits}
+        self.hits = 0
+
+    def key(self, steps: list) -> str:
+        blob = json.dumps({**self.identity, "steps": steps}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, key: str, device):
+        ckpt, rec = self.folder / f"{key}.pt", self.folder / f"{key}.json"
+        if not (ckpt.is_file() and rec.is_file()):
+            return None
+        self.hits += 1
+        return load_model(ckpt, device)[0], json.loads(rec.read_text())
+
+    def put(self, key: str, model: nn.Module, record: dict, dataset: str, normalization: dict) -> None:
+        save_checkpoint(self.folder / f"{key}.pt", from_model(model.cpu(), dataset, normalization))
+        _write_json(self.folder / f"{key}.json", record)
+
+
+def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False,
+                 cache_dir=None) -> dict:
+    """Run every step; returns {'steps': [...records], 'final': {...}, 'export': path}.
+
+    Resumable (finished steps are kept in `<out>.work/`); with `cache_dir`, steps are shared with
+    other pipelines through a `StepCache`.
+    """
     base = base or config.base
     if not base:
         raise OrchestratorError("no base checkpoint: give one in the pipeline ('base:') or on the command line")
@@ -125,12 +161,21 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         teacher = load_model(config.teacher or base, device)[0]
     eval_split = val if val is not None else test
     act_bits = config.act_bits
+    cache = StepCache(cache_dir, base, data_dir, config.val_size, config.teacher, act_bits) if cache_dir else None
     records_path = work / "records.json"
     records = json.loads(records_path.read_text()) if records_path.is_file() else []
     if not records:
-        records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
-                        "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
-                        **_sizes(model, act_bits)})
+        hit = cache.get(cache.key([]), device) if cache else None
+        if hit:
+            records.append(hit[1])
+        else:
+            records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
+                            "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
+                            "test_acc": evaluate(model, test, ckpt.normalization, device)["acc"],
+                            **_sizes(model, act_bits)})
+            if cache:
+                cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
+                model.to(device)
         _write_json(records_path, records)
     done = len(records) - 1
     if done:
@@ -138,36 +183,31 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     for i, step in enumerate(config.steps[done:], start=done + 1):
         (name, cfg), = step.items()
         cfg = cfg or {}
-        data = PruneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
-                         progress=progress, work_dir=work / f"step{i}", teacher=teacher)
-        t0 = time.perf_counter()
-        if name == "prune":
-            model = finalize_(prune_(model, cfg, data))
-        elif name == "finetune":
-            hold_zeros_(model)
-            finetune(model, FinetuneConfig.model_validate(cfg), data, "finetune")
-            finalize_(model)
+        key = cache.key(config.steps[:i]) if cache else None
+        hit = cache.get(key, device) if cache else None
+        if hit:
+            model, record = hit
         else:
-            model = quantize_(model, cfg, data)
-        record = {"step": name, "config": cfg, "seconds": time.perf_counter() - t0,
-                  "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
-                  **_sizes(model.cpu(), act_bits), "log": data.log}
+            model, record = _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher,
+                                      act_bits, device, progress)
+            if cache:
+                cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
         model.to(device)
         save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
+        model.to(device)
         records.append(record)
         _write_json(records_path, records)
-        shutil.rmtree(work / f"step{i}", ignore_errors=True)
     export_path = out.with_suffix(".orcx")
     info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
     exported, _ = load_export(export_path)
     final = {"test_acc": evaluate(exported.to(device), test, ckpt.normalization, device)["acc"],
-             "base_test_acc": evaluate(load_model(base, device)[0], test, ckpt.normalization, device)["acc"],
+             "base_test_acc": records[0]["test_acc"],
              **_sizes(exported.cpu(), act_bits), "file_bytes": info["file_bytes"],
              "payload_bytes": info["payload_bytes"]}
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
     result = {"pipeline": config.model_dump(), "base": str(base), "steps": records, "final": final,
-              "export": str(export_path)}
+              "export": str(export_path), "cache_hits": cache.hits if cache else 0}
     save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
                                     {"pipeline": config.model_dump(), "base": str(base)},
                                     {"test_acc": final["test_acc"], "pipeline": result}))
@@ -176,4 +216,23 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     return result
 
 
-__all__ = ["PipelineConfig", "load_pipeline", "run_pipeline", "hold_zeros_"]
+def _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
+    data = PruneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
+                     progress=progress, work_dir=work / f"step{i}", teacher=teacher)
+    t0 = time.perf_counter()
+    if name == "prune":
+        model = finalize_(prune_(model, cfg, data))
+    elif name == "finetune":
+        hold_zeros_(model)
+        finetune(model, FinetuneConfig.model_validate(cfg), data, "finetune")
+        finalize_(model)
+    else:
+        model = quantize_(model, cfg, data)
+    record = {"step": name, "config": cfg, "seconds": time.perf_counter() - t0,
+              "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
+              **_sizes(model.cpu(), act_bits), "log": data.log}
+    shutil.rmtree(work / f"step{i}", ignore_errors=True)
+    return model, record
+
+
+__all__ = ["PipelineConfig", "StepCache", "load_pipeline", "run_pipeline", "hold_zeros_"]

@@ -86,3 +86,21 @@ def test_bad_pipelines_are_rejected_with_the_step_or_key_named():
         PipelineConfig.model_validate({"stepz": [], "steps": [{"finetune": {}}]})
     with pytest.raises(OrchestratorError, match="no base checkpoint"):
         run_pipeline(PipelineConfig(steps=[{"finetune": {}}]), out="x.pt")
+
+
+def test_shared_steps_are_cached_by_config_hash(base, cifar10_dir, tmp_path, monkeypatch):
+    import orchestrator.pipeline as pl
+    calls = []
+    real_prune = pl.prune_
+    monkeypatch.setattr(pl, "prune_", lambda *a, **kw: calls.append(a[1]) or real_prune(*a, **kw))
+    prune = {"prune": {"method": "l1_filter", "ratio": 0.5}}
+    cache = tmp_path / "cache"
+    a = run_pipeline(PipelineConfig(val_size=20, steps=[prune, {"quantize": {"bits": 4}}]), base=base,
+                     data_dir=cifar10_dir, out=tmp_path / "a.pt", cache_dir=cache)
+    b = run_pipeline(PipelineConfig(val_size=20, steps=[prune, {"quantize": {"bits": 2}}]), base=base,
+                     data_dir=cifar10_dir, out=tmp_path / "b.pt", cache_dir=cache)
+    assert len(calls) == 1 and a["cache_hits"] == 0 and b["cache_hits"] == 2  # base record + pruned model
+    assert a["steps"][1] == b["steps"][1] and a["steps"][2]["param_bits"] > b["steps"][2]["param_bits"]
+    c = run_pipeline(PipelineConfig(val_size=20, steps=[{"prune": {"method": "l1_filter", "ratio": 0.25}}]),
+                     base=base, data_dir=cifar10_dir, out=tmp_path / "c.pt", cache_dir=cache)
+    assert len(calls) == 2 and c["cache_hits"] == 1  # another ratio is another step

@@ -102,7 +102,8 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         trial.set_user_attr("pipeline", pipeline.model_dump())
         ckpt = out / f"trial{trial.number:04d}.pt"
         try:
-            result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress)
+            result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress,
+                                  cache_dir=out / "cache")
         except Exception as exc:  # recorded as a failed trial with its reason; the study goes on
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -115,6 +116,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
                   "compression", "file_bytes"):
             trial.set_user_attr(k, f[k])
         trial.set_user_attr("val_acc", result["steps"][-1]["eval_acc"])
+        trial.set_user_attr("cache_hits", result["cache_hits"])
         trial.set_user_attr("base_val_acc", result["steps"][0]["eval_acc"])
         trial.set_user_attr("base_total_bits", result["steps"][0]["total_bits"])
         trial.set_user_attr("base_test_acc", f["base_test_acc"])
