@@ -16,7 +16,7 @@ def _pyplot():
 
 def _save(fig, path: Path, footer: str | None) -> Path:
     if footer:
-        fig.text(0.01, 0.005, footer, fontsize=6, color="0.4", ha="left", va="bottom")
+        fig.text(0.01, -0.01, footer, fontsize=6, color="0.4", ha="left", va="top")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
