@@ -157,7 +157,13 @@ def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_d
     if not (pg and server):
         pytest.skip("no PostgreSQL/MLflow servers (source .ci/services.sh start to run this test)")
     import mlflow
+    import psycopg
     name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    db = name.replace("-", "_")
+    admin = pg.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:  # a fresh database: the workers race to create the schema
+        conn.execute(f"CREATE DATABASE {db}")
+    pg = pg.rsplit("/", 1)[0] + "/" + db
     path = space_file(in_tmp, base, name=name, dimensions={"method": ["none", "global_magnitude", "l1_filter"],
                                                            "ratio": [0.3, 0.5, 0.7], "bits": [32, 8]},
                       budget={"trials": 8})

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 import traceback
 from pathlib import Path
 
@@ -36,16 +38,22 @@ def storage_for(url: str):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
-    try:
-        with warnings.catch_warnings():  # heartbeats are flagged experimental; they are what resume relies on
-            warnings.simplefilter("ignore")
-            beat = max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=beat, grace_period=3 * beat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except Exception as exc:
-        raise OrchestratorError(f"cannot open study storage {url!r}: {str(exc).splitlines()[0][:200]}; "
-                                "allowed: sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB") from None
+    last = None
+    for _ in range(5):  # workers starting together race to create the schema: the losers retry
+        try:
+            with warnings.catch_warnings():  # heartbeats are flagged experimental; resume relies on them
+                warnings.simplefilter("ignore")
+                beat = max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=beat, grace_period=3 * beat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except Exception as exc:
+            last = exc
+            if "UniqueViolation" not in str(exc) and "already exists" not in str(exc):
+                break
+            time.sleep(0.5 + random.random())
+    raise OrchestratorError(f"cannot open study storage {url!r}: {str(last).splitlines()[0][:200]}; "
+                            "allowed: sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB") from None
 
 
 def _sampler(space: SearchSpace):
