@@ -36,11 +36,22 @@ class Tracker:
         self.uri = tracking_uri or mlflow.get_tracking_uri()
         try:
             self.client = MlflowClient(self.uri)
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.experiment_id = self._experiment(experiment)
         except Exception as exc:  # unreachable server, bad URI: one line, the URI named
             raise OrchestratorError(f"cannot use MLflow tracking URI {self.uri!r}: "
                                     f"{str(exc).splitlines()[0][:200]}") from None
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception as exc:  # another worker created it a moment ago
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise exc
+            return found.experiment_id
 
     def parent(self, study, space_dump: dict) -> str:
         """The study's parent run (created once, its id kept in the Optuna study)."""
