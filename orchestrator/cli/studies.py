@@ -111,3 +111,27 @@ def study_pareto(space_file, storage, tracking_uri, out_dir):
     if PARENT_ATTR in st.user_attrs:
         Tracker(tracking_uri, space.name).log_parent_files(st.user_attrs[PARENT_ATTR], files)
     click.echo("\n".join(str(f) for f in files))
+
+
+@main.command("report")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@storage_option
+@mlflow_option
+@click.option("--out", "out_dir", default=None, help="Default: runs/studies/<name>/report")
+@_one_line_errors
+def report(space_file, storage, tracking_uri, out_dir):
+    """Presentation material from a finished study: HTML report, offline slides, figures (PNG, SVG)."""
+    from ..report import build_report
+    from ..study import DEFAULT_STORAGE, load_space, open_study
+    from ..study.tracking import PARENT_ATTR, Tracker
+
+    space = load_space(space_file)
+    storage = storage or DEFAULT_STORAGE
+    st = open_study(space, storage, create=False)
+    out = Path(out_dir or Path("runs/studies") / space.name / "report")
+    result = build_report(st, space, out, space_file=space_file, storage=storage)
+    if PARENT_ATTR in st.user_attrs:
+        tracker = Tracker(tracking_uri, space.name)
+        for f in result["files"]:
+            tracker.client.log_artifact(st.user_attrs[PARENT_ATTR], str(f), artifact_path="report")
+    click.echo(f"{out}/report.html, {out}/slides.html ({len(result['files'])} files)")

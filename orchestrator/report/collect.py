@@ -1,0 +1,115 @@
+"""Everything a report says, gathered from the Optuna study and the trials' own records (never typed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..checkpoint import load_model
+from ..errors import OrchestratorError
+from ..footprint import measure
+from ..pruning import METHODS, sparsity
+from ..study.pareto import rows
+from ..workflows import environment
+
+BUDGETS = [(1_000_000, "1 MB"), (300_000, "300 KB"), (100_000, "100 KB"), (30_000, "30 KB")]  # bytes
+
+DESCRIPTIONS = {
+    "none": "no pruning (quantization only, or the dense base model)",
+    "global_magnitude": "zero the smallest |w| over all layers at once, one threshold (seed method 1)",
+    "layer_magnitude": "zero the same fraction of smallest |w| in every layer",
+    "random": "zero random weights (the control)",
+    "han": "Han et al. 2015: prune, retrain with the mask fixed, repeat (seed method 2)",
+    "lottery": "iterative magnitude pruning with weight rewinding (Frankle et al.)",
+    "l1_filter": "Li et al. 2017: remove the filters with the smallest L1 norm, per layer or stage (seed method 3)",
+    "random_filter": "remove random filters (the structured control)",
+    "taylor_filter": "Molchanov et al. 2019: remove the channels whose loss change (first-order Taylor) is smallest",
+    "thinet": "Luo et al. 2017: remove the channels the next layer reconstructs best without, refit (seed method 4)",
+    "slimming": "Liu et al. 2017: L1 on BN scales while training, remove the smallest scales globally",
+}
+
+
+def _duration(t) -> float:
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return 0.0
+
+
+def collect(study, space) -> dict:
+    data = rows(study)
+    if not data:
+        raise OrchestratorError(f"study {study.study_name!r} has no finished trial: nothing to report")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    base_model, base_ckpt = load_model(space.base)
+    base_fp = measure(base_model)
+    first = data[0]
+    dense = {"arch": base_ckpt.arch, "params": base_fp.params, "param_bytes": base_fp.param_bits / 8,
+             "activation_peak_bytes": base_fp.activation_peak_bits / 8, "total_bytes": base_fp.total_bits / 8,
+             "activation_peak_at": base_fp.activation_peak_at, "macs": base_fp.macs,
+             "val_acc": first["base_val_acc"], "test_acc": first["base_test_acc"]}
+    front = [r for r in data if r["pareto"]]
+    answer = []
+    for limit, label in BUDGETS:
+        fits = [r for r in data if r["footprint_bytes"] <= limit]
+        best = max(fits, key=lambda r: r["val_acc"]) if fits else None
+        answer.append({"budget": label, "bytes": limit, "trial": best})
+    near = [r for r in data if r["val_acc"] >= dense["val_acc"] - 0.01]
+    smallest = min(near, key=lambda r: r["footprint_bytes"]) if near else None
+    best = smallest or max(front, key=lambda r: r["val_acc"])
+    best_model = None
+    ckpt_path = trials[best["trial"]].user_attrs.get("checkpoint")
+    if ckpt_path:
+        try:
+            model, _ = load_model(ckpt_path)
+            best_model = {"widths": model.widths, "sparsity": sparsity(model)}
+        except OrchestratorError:
+            best_model = None
+    by_bits: dict = {}
+    for r in data:
+        b = r.get("bits", 32)
+        by_bits[b] = max(by_bits.get(b, 0), r["val_acc"])
+    kd = {}
+    for flag in (False, True):
+        accs = [r["val_acc"] for r in data if r.get("finetune_epochs", 0) and bool(r.get("kd")) == flag]
+        if accs:
+            kd[flag] = {"n": len(accs), "mean": sum(accs) / len(accs), "best": max(accs)}
+    per_method: dict = {}
+    for r in data:
+        per_method.setdefault(r.get("method", "none"), []).append(r)
+    curves = {m: _envelope(rs) for m, rs in per_method.items()}
+    importances = {}
+    try:
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, objective in enumerate(space.objectives):
+                importances[objective] = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                    target=lambda t, i=i: t.values[i])
+    except Exception as exc:  # too few or too uniform trials
+        importances = {"unavailable": str(exc).splitlines()[0][:120]}
+    counts: dict = {}
+    for t in trials.values():
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    methods = sorted({r.get("method", "none") for r in data})
+    return {"study": study.study_name, "space": space.model_dump(), "dense": dense, "rows": data, "front": front,
+            "answer": answer, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
+            "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": kd, "curves": curves,
+            "importances": importances, "counts": counts, "environment": environment(),
+            "methods": {m: DESCRIPTIONS[m] if m in DESCRIPTIONS else (METHODS[m][0].__doc__ or m).splitlines()[0]
+                        for m in methods},
+            "hours": sum(_duration(t) for t in trials.values()) / 3600,
+            "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "pipelines": {r["trial"]: trials[r["trial"]].user_attrs.get("pipeline") for r in front}}
+
+
+def _envelope(rs: list[dict]) -> list[tuple[float, float]]:
+    """The best accuracy reachable at or below each footprint: a method's own Pareto front."""
+    out, best = [], -1.0
+    for r in sorted(rs, key=lambda r: r["footprint_bytes"]):
+        if r["val_acc"] > best:
+            best = r["val_acc"]
+            out.append((r["footprint_bytes"], r["val_acc"]))
+    return out

@@ -1,0 +1,98 @@
+"""The report's figures, each saved as PNG and SVG with a caption that says how it was made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _save(fig, out: Path, name: str) -> dict:
+    from ..plots import _pyplot
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext in ("png", "svg"):
+        paths[ext] = out / f"{name}.{ext}"
+        fig.savefig(paths[ext], dpi=130, bbox_inches="tight")
+    _pyplot().close(fig)
+    return paths
+
+
+def pareto(d: dict, out: Path) -> dict:
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    rs = d["rows"]
+    ax.scatter([r["footprint_bytes"] for r in rs], [100 * r["val_acc"] for r in rs], s=10, color="0.6", alpha=0.3,
+               label="all trials")
+    for i, (method, pts) in enumerate(sorted(d["curves"].items())):
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-", lw=1, color=f"C{(i + 1) % 10}", alpha=0.8,
+                label=f"{method} (best per footprint)")
+    front = d["front"]
+    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o-", color="C0", ms=5, lw=2,
+            label="Pareto front")
+    ax.scatter([d["dense"]["total_bytes"]], [100 * d["dense"]["val_acc"]], marker="*", s=160, color="C3", zorder=5,
+               label=f"dense {d['dense']['arch']}")
+    ax.set_xscale("log")
+    ax.set(xlabel="total footprint: parameters + peak activations (bytes, log)", ylabel="validation accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    paths = _save(fig, out, "pareto")
+    return {**paths, "caption": f"Every complete trial of study {d['study']} (grey), each method's best accuracy at "
+                                f"or below each footprint (lines), the Pareto front (blue) and the dense base model "
+                                f"(star). Footprint of the exported file; accuracy on the validation split."}
+
+
+def importances(d: dict, out: Path) -> dict | None:
+    imp = {k: v for k, v in d["importances"].items() if isinstance(v, dict)}
+    if not imp:
+        return None
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(imp), figsize=(4.2 * len(imp), 3), squeeze=False)
+    for ax, (objective, values) in zip(axes[0], imp.items()):
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names], color="C0")
+        ax.set(title=objective, xlabel="importance (fANOVA)")
+    paths = _save(fig, out, "importances")
+    return {**paths, "caption": "Optuna's parameter importances (optuna.importance.get_param_importances) for each "
+                                "objective over the complete trials."}
+
+
+def bits(d: dict, out: Path) -> dict | None:
+    if len(d["by_bits"]) < 2:
+        return None
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    labels = [str(b) for b in d["by_bits"]]
+    ax.bar(labels, [100 * v for v in d["by_bits"].values()], color="C2")
+    ax.axhline(100 * d["dense"]["val_acc"], color="k", ls="--", lw=0.8)
+    ax.set(xlabel="weight bits (32 float, 1 binary)", ylabel="best validation accuracy (%)")
+    paths = _save(fig, out, "bits")
+    return {**paths, "caption": "Best validation accuracy among the trials at each weight bit-width (dashed: dense)."}
+
+
+def best_model(d: dict, out: Path) -> dict | None:
+    bm = d["best_model"]
+    if not bm:
+        return None
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    layers = [k for k in bm["sparsity"] if k != "total"]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(range(len(layers)), [100 * bm["sparsity"][k] for k in layers], color="C1")
+    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+    ax.set(ylabel="zero weights (%)", ylim=(0, 100))
+    paths = _save(fig, out, "best_model")
+    return {**paths, "caption": f"Per-layer sparsity of trial {d['best']['trial']} ({d['best']['label']}), read from its "
+                                f"checkpoint; its widths: {bm['widths']}."}
+
+
+def all_figures(d: dict, out: Path) -> dict:
+    figs = {"pareto": pareto(d, out), "importances": importances(d, out), "bits": bits(d, out),
+            "best_model": best_model(d, out)}
+    return {k: v for k, v in figs.items() if v}
