@@ -88,17 +88,10 @@ def study_status(space_file, storage):
             click.echo(f"  trial {t.number} failed: {t.user_attrs.get('fail_reason', 'worker lost (no heartbeat)')}")
 
 
-@study.command("pareto")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@storage_option
-@mlflow_option
-@click.option("--out", "out_dir", default=None, help="Default: runs/studies/<name>/pareto")
-@_one_line_errors
-def study_pareto(space_file, storage, tracking_uri, out_dir):
-    """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
+def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build) -> list:
+    """Open a study with finished trials, write files with `build(study, space, out)`, log them to MLflow."""
     from ..errors import OrchestratorError
     from ..study import DEFAULT_STORAGE, load_space, open_study
-    from ..study.pareto import export_pareto
     from ..study.tracking import PARENT_ATTR, Tracker
 
     space = load_space(space_file)
@@ -106,32 +99,40 @@ def study_pareto(space_file, storage, tracking_uri, out_dir):
     st = open_study(space, storage, create=False)
     if not any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
         raise OrchestratorError(f"study {space.name!r} has no finished trial yet")
-    out = Path(out_dir or Path("runs/studies") / space.name / "pareto")
-    files = export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}")
+    out = Path(out_dir or Path("runs/studies") / space.name / kind)
+    files = build(st, space, out, storage)
     if PARENT_ATTR in st.user_attrs:
-        Tracker(tracking_uri, space.name).log_parent_files(st.user_attrs[PARENT_ATTR], files)
+        Tracker(tracking_uri, space.name).log_parent_files(st.user_attrs[PARENT_ATTR], files, kind)
+    return files
+
+
+def _publish_options(kind: str):
+    def deco(fn):
+        for opt in reversed([click.argument("space_file", type=click.Path(dir_okay=False)), storage_option,
+                             mlflow_option, click.option("--out", "out_dir", default=None,
+                                                         help=f"Default: runs/studies/<name>/{kind}")]):
+            fn = opt(fn)
+        return _one_line_errors(fn)
+    return deco
+
+
+@study.command("pareto")
+@_publish_options("pareto")
+def study_pareto(space_file, storage, tracking_uri, out_dir):
+    """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
+    from ..study.pareto import export_pareto
+
+    files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", lambda st, space, out, storage: export_pareto(
+        st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}"))
     click.echo("\n".join(str(f) for f in files))
 
 
 @main.command("report")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@storage_option
-@mlflow_option
-@click.option("--out", "out_dir", default=None, help="Default: runs/studies/<name>/report")
-@_one_line_errors
+@_publish_options("report")
 def report(space_file, storage, tracking_uri, out_dir):
     """Presentation material from a finished study: HTML report, offline slides, figures (PNG, SVG)."""
     from ..report import build_report
-    from ..study import DEFAULT_STORAGE, load_space, open_study
-    from ..study.tracking import PARENT_ATTR, Tracker
 
-    space = load_space(space_file)
-    storage = storage or DEFAULT_STORAGE
-    st = open_study(space, storage, create=False)
-    out = Path(out_dir or Path("runs/studies") / space.name / "report")
-    result = build_report(st, space, out, space_file=space_file, storage=storage)
-    if PARENT_ATTR in st.user_attrs:
-        tracker = Tracker(tracking_uri, space.name)
-        for f in result["files"]:
-            tracker.client.log_artifact(st.user_attrs[PARENT_ATTR], str(f), artifact_path="report")
-    click.echo(f"{out}/report.html, {out}/slides.html ({len(result['files'])} files)")
+    files = _publish(space_file, storage, tracking_uri, out_dir, "report", lambda st, space, out, storage: build_report(
+        st, space, out, space_file=space_file, storage=storage)["files"])
+    click.echo(f"{files[0]}, {files[1]} ({len(files)} files)")

@@ -46,9 +46,9 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
         ["hardware, versions", f"{env['device']}, {env['threads']} threads; torch {env['torch']}, "
                                f"orchestrator {env['orchestrator']}, python {env['python']}"],
     ])
-    footprint = (f"<p>Footprint = parameter storage (every tensor at its bit-width, in the cheapest of dense / bitmask / "
-                 f"relative-index encodings, per-channel scales included) + the peak of live activations for one image "
-                 f"(batch 1) at the model's activation bit-width. Measured on the exported file of every trial.</p>"
+    footprint = ("<p>Footprint = parameter storage (every tensor at its bit-width, in the cheapest of dense / bitmask / "
+                 "relative-index encodings, per-channel scales included) + the peak of live activations for one image "
+                 "(batch 1) at the model's activation bit-width. Measured on the exported file of every trial.</p>"
                  + _table(["dense model", "parameters", "peak activations", "total", "MACs"],
                           [[dn["arch"], _kb(dn["param_bytes"]), f"{_kb(dn['activation_peak_bytes'])} at {dn['activation_peak_at']}",
                             _kb(dn["total_bytes"]), f"{dn['macs']:,}"]]))

@@ -106,6 +106,6 @@ class Tracker:
         for rid in all_ids:
             self.client.set_tag(rid, "orchestrator.pareto", "true" if rid in run_ids else "false")
 
-    def log_parent_files(self, parent: str, paths: list[Path]) -> None:
+    def log_parent_files(self, parent: str, paths: list[Path], folder: str = "pareto") -> None:
         for p in paths:
-            self.client.log_artifact(parent, str(p), artifact_path="pareto")
+            self.client.log_artifact(parent, str(p), artifact_path=folder)
