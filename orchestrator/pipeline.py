@@ -169,10 +169,10 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         if hit:
             records.append(hit[1])
         else:
+            eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
+            test_acc = eval_acc if eval_split is test else evaluate(model, test, ckpt.normalization, device)["acc"]
             records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
-                            "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
-                            "test_acc": evaluate(model, test, ckpt.normalization, device)["acc"],
-                            **_sizes(model, act_bits)})
+                            "eval_acc": eval_acc, "test_acc": test_acc, **_sizes(model, act_bits)})
             if cache:
                 cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
                 model.to(device)
