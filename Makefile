@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?= data
 EPOCHS ?= 15
-ARCH ?= resnet20
+SPACE ?= search_spaces/quick_cpu.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 ## Create .venv and install the package with its test dependencies.
 install: $(STAMP)
 
-## Main job: train and evaluate a baseline on CIFAR-10 from $(DATA_DIR) (downloaded there if online).
+## Main job: a real study on CIFAR-10 from $(DATA_DIR) (downloaded there if online): train the ResNet-20
+## baseline the search space starts from (skipped when it exists), run the study, write its report.
 run: $(STAMP)
 	$(BIN)/orchestrator data check --data-dir $(DATA_DIR)
-	$(BIN)/orchestrator train --arch $(ARCH) --data-dir $(DATA_DIR) --epochs $(EPOCHS) --out runs/$(ARCH)-baseline.pt
-	$(BIN)/orchestrator eval runs/$(ARCH)-baseline.pt --data-dir $(DATA_DIR)
+	test -f runs/resnet20-baseline.pt || $(BIN)/orchestrator train --arch resnet20 --data-dir $(DATA_DIR) \
+		--epochs $(EPOCHS) --out runs/resnet20-baseline.pt
+	$(BIN)/orchestrator study run $(SPACE) --data-dir $(DATA_DIR)
+	$(BIN)/orchestrator report $(SPACE)
 
 ## Test suite (synthetic data; tests that need the real data directory run when DATA_DIR holds it).
 test: $(STAMP)
