@@ -37,6 +37,8 @@ class Tracker:
         try:
             self.client = MlflowClient(self.uri)
             self.experiment_id = self._experiment(experiment)
+            # MLflow 3's UI opens GenAI pages for experiments of unknown kind; these are training runs
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
         except Exception as exc:  # unreachable server, bad URI: one line, the URI named
             raise OrchestratorError(f"cannot use MLflow tracking URI {self.uri!r}: "
                                     f"{str(exc).splitlines()[0][:200]}") from None
