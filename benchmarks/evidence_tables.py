@@ -85,8 +85,8 @@ def quantization(d: Path) -> None:
         return json.loads(p.read_text()) if p.is_file() else None
 
     print("### Accuracy vs weight bits, ResNet-20 (first conv and classifier at 8 bits for int/binary)\n")
-    print("| weights | activations | PTQ test acc | QAT (1 epoch) test acc | parameter storage | vs fp32 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| weights | activations | PTQ test acc | QAT (1 epoch) test acc | parameter storage, PTQ / QAT (vs fp32) |")
+    print("|---|---:|---:|---:|---:|")
     rows = [("fp32", "32", None, None), ("fp16", "32", "q-ptq-fp16", None), ("int8", "32", "q-ptq-w8", None),
             ("int8", "8", "q-ptq-w8a8", None), ("int4", "32", "q-ptq-w4", "q-qat-w4"), ("int4", "4", None, "q-qat-w4a4"),
             ("int3", "32", "q-ptq-w3", None), ("int2", "32", "q-ptq-w2", "q-qat-w2"),
@@ -97,13 +97,14 @@ def quantization(d: Path) -> None:
         r = rp or rq
         if w == "fp32" and base:
             b = base["steps"][0]
-            print(f"| fp32 | 32 | {pct(base['final']['base_test_acc'])} | | {b['param_bits'] / 8:,.0f} B | 1.0x |")
+            print(f"| fp32 | 32 | {pct(base['final']['base_test_acc'])} | | {b['param_bits'] / 8:,.0f} B (1.0x) |")
             continue
         if not r:
             continue
-        f = r["final"]
+        sizes = " / ".join(f"{x['final']['param_bits'] / 8:,.0f} B ({x['final']['param_compression']:.1f}x)"
+                           for x in (rp, rq) if x)
         print(f"| {w} | {a} | {pct(rp['final']['test_acc']) if rp else ''} | {pct(rq['final']['test_acc']) if rq else ''} | "
-              f"{f['param_bits'] / 8:,.0f} B | {f['param_compression']:.1f}x |")
+              f"{sizes} |")
     header("KD vs no KD after 80% global magnitude pruning, 1 epoch fine-tune, ResNet-20",
            "fine-tune | test accuracy", "---|---:")
     for name, m in existing(d, (("cross-entropy", "kd-off.pt"), ("KD from the dense ResNet-20 (T=4, alpha=0.9)",
