@@ -56,6 +56,9 @@ def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in
     assert sum(x.data.tags["orchestrator.pareto"] == "true" for x in trials) == len(st.best_trials)
     arts = [a.path for a in client.list_artifacts(trials[0].info.run_id)]
     assert "record.json" in arts and any(a.endswith(".orcx") for a in arts) and any(a.endswith(".pt") for a in arts)
+    assert "footprint.txt" in arts  # the per-layer table
+    fp = mlflow.artifacts.load_dict(f"{trials[0].info.artifact_uri}/footprint.json")
+    assert fp["total_bits"] / 8 == trials[0].data.metrics["footprint_bytes"] and len(fp["tensors"]) > 3
     # a second run with the same name resumes: the budget is spent, nothing is redone
     r = run("study", "run", path, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--quiet",
             "--out", in_tmp / "studies")

@@ -98,7 +98,17 @@ class Tracker:
         self.client.log_dict(run_id, result["pipeline"], "pipeline.json")
         self.client.log_artifact(run_id, str(export))
         self.client.log_artifact(run_id, str(checkpoint))
+        self._log_footprint(run_id, export, f.get("act_bits"))
         self.client.set_terminated(run_id, "FINISHED")
+
+    def _log_footprint(self, run_id: str, export: Path, act_bits: int | None) -> None:
+        """The exported model's footprint: JSON with every tensor, and the per-layer table as text."""
+        from ..footprint import format_report, measure
+        from ..footprint.export import load_export
+
+        fp = measure(load_export(export)[0], act_bits=act_bits)
+        self.client.log_dict(run_id, fp.model_dump(), "footprint.json")
+        self.client.log_text(run_id, format_report(fp), "footprint.txt")
 
     def fail_trial(self, run_id: str, reason: str) -> None:
         self.client.set_tag(run_id, "orchestrator.fail_reason", reason[:5000])
