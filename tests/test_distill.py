@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from orchestrator.distill import KDConfig, kd_loss, kd_loss_fn
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import build_model
-from orchestrator.pruning import PruneData, prune_
+from orchestrator.pruning import prune_
 
 
 def test_kd_loss_is_cross_entropy_at_alpha_zero():

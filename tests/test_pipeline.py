@@ -9,7 +9,6 @@ from orchestrator.footprint.export import load_export
 from orchestrator.pipeline import PipelineConfig, hold_zeros_, run_pipeline
 from orchestrator.pruning import finalize_, prune_
 from orchestrator.pruning.core import effective_weight, prunable_layers
-from test_cli import one_line_error, run
 
 STEPS = [{"prune": {"method": "l1_filter", "ratio": 0.5}},
          {"finetune": {"epochs": 1, "batch_size": 16, "kd": {"alpha": 0.5}}},

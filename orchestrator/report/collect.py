@@ -8,7 +8,7 @@ from ..checkpoint import load_model
 from ..errors import OrchestratorError
 from ..footprint import measure
 from ..pruning import METHODS, sparsity
-from ..study.pareto import rows
+from ..study.pareto import method_curves, rows
 from ..workflows import environment
 
 BUDGETS = [(1_000_000, "1 MB"), (300_000, "300 KB"), (100_000, "100 KB"), (30_000, "30 KB")]  # bytes
@@ -72,10 +72,7 @@ def collect(study, space) -> dict:
         accs = [r["val_acc"] for r in data if r.get("finetune_epochs", 0) and bool(r.get("kd")) == flag]
         if accs:
             kd[flag] = {"n": len(accs), "mean": sum(accs) / len(accs), "best": max(accs)}
-    per_method: dict = {}
-    for r in data:
-        per_method.setdefault(r.get("method", "none"), []).append(r)
-    curves = {m: _envelope(rs) for m, rs in per_method.items()}
+    curves = method_curves(data)
     importances = {}
     try:
         import warnings
@@ -103,13 +100,3 @@ def collect(study, space) -> dict:
             "hours": sum(_duration(t) for t in trials.values()) / 3600,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "pipelines": {r["trial"]: trials[r["trial"]].user_attrs.get("pipeline") for r in front}}
-
-
-def _envelope(rs: list[dict]) -> list[tuple[float, float]]:
-    """The best accuracy reachable at or below each footprint: a method's own Pareto front."""
-    out, best = [], -1.0
-    for r in sorted(rs, key=lambda r: r["footprint_bytes"]):
-        if r["val_acc"] > best:
-            best = r["val_acc"]
-            out.append((r["footprint_bytes"], r["val_acc"]))
-    return out

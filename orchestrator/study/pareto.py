@@ -34,6 +34,24 @@ def rows(study) -> list[dict]:
     return sorted(out, key=lambda r: r["footprint_bytes"])
 
 
+def envelope(rs: list[dict]) -> list[tuple[float, float]]:
+    """The best accuracy reachable at or below each footprint: a method's own Pareto front."""
+    out, best = [], -1.0
+    for r in sorted(rs, key=lambda r: r["footprint_bytes"]):
+        if r["val_acc"] > best:
+            best = r["val_acc"]
+            out.append((r["footprint_bytes"], r["val_acc"]))
+    return out
+
+
+def method_curves(data: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Per pruning method (the seed's methods among them), its envelope over all the study's trials."""
+    per_method: dict = {}
+    for r in data:
+        per_method.setdefault(r.get("method", "none"), []).append(r)
+    return {m: envelope(rs) for m, rs in sorted(per_method.items())}
+
+
 COLUMNS = ["trial", "pareto", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
            "activation_peak_bytes", "macs", "compression", "mlflow_run_id"]
 
@@ -67,6 +85,9 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
                alpha=0.35, label="dominated trials")
     ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o-", color="C0", ms=5,
             label="Pareto front (validation)")
+    for i, (method, pts) in enumerate(method_curves(data).items()):
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-", lw=1, color=f"C{(i + 1) % 10}", alpha=0.7,
+                label=f"{method}: best at each footprint")
     for r in front:
         ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
@@ -106,6 +127,13 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
     for k in range(6):
         y = y0 + k * (y1 - y0) / 5
         parts.append(f'<text x="{m - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.1f}%</text>')
+    colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    curves = method_curves(data)
+    for i, (method, curve) in enumerate(curves.items()):
+        c = colors[i % len(colors)]
+        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}" for x, y in curve)
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-opacity="0.7"/>'
+                     f'<text x="{w - m - 6}" y="{h - m - 8 - 14 * (len(curves) - 1 - i)}" text-anchor="end" fill="{c}">{html.escape(method)}: best at each size</text>')
     front = [r for r in data if r["pareto"]]
     if len(front) > 1:
         pts = " ".join(f"{px(r['footprint_bytes']):.1f},{py(100 * r['val_acc']):.1f}" for r in front)
