@@ -23,7 +23,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/orchestrator data check --data-dir $(DATA_DIR)
 	test -f runs/resnet20-baseline.pt || $(BIN)/orchestrator train --arch resnet20 --data-dir $(DATA_DIR) \
-		--epochs $(EPOCHS) --out runs/resnet20-baseline.pt
+		--epochs $(EPOCHS) --val-size 5000 --out runs/resnet20-baseline.pt
 	$(BIN)/orchestrator study run $(SPACE) --data-dir $(DATA_DIR)
 	$(BIN)/orchestrator report $(SPACE)
 

@@ -188,3 +188,14 @@ def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_d
     assert sorted(int(r.data.tags["orchestrator.trial"]) for r in children) == sorted(t.number for t in complete)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and r.info.status == "FINISHED"
                for r in children)
+
+
+def test_a_base_trained_on_the_validation_images_is_flagged(base, tmp_path):
+    from orchestrator.checkpoint import load_checkpoint, save_checkpoint
+    space = load_space(space_file(tmp_path, base))  # the fixture's base was trained with val_size=0
+    warning = space.validation_warning()
+    assert warning and "val_size=0" in warning and "--val-size 20" in warning
+    ckpt = load_checkpoint(base)
+    ckpt.config["val_size"] = 20  # held out exactly the study's validation images
+    save_checkpoint(tmp_path / "held.pt", ckpt)
+    assert load_space(space_file(tmp_path, tmp_path / "held.pt")).validation_warning() is None

@@ -45,7 +45,8 @@ def collect(study, space) -> dict:
     dense = {"arch": base_ckpt.arch, "params": base_fp.params, "param_bytes": base_fp.param_bits / 8,
              "activation_peak_bytes": base_fp.activation_peak_bits / 8, "total_bytes": base_fp.total_bits / 8,
              "activation_peak_at": base_fp.activation_peak_at, "macs": base_fp.macs,
-             "val_acc": first["base_val_acc"], "test_acc": first["base_test_acc"]}
+             "val_acc": first["base_val_acc"], "test_acc": first["base_test_acc"],
+             "val_warning": space.validation_warning()}
     front = [r for r in data if r["pareto"]]
     answer = []
     for limit, label in BUDGETS:

@@ -39,7 +39,8 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
     dn, env, sp = d["dense"], d["environment"], d["space"]
     setup = _table(["", ""], [
         ["question", "the best accuracy for the smallest memory footprint"],
-        ["dataset", f"{sp['dataset']}; validation = last {sp['val_size']:,} training images; test reported, never selected on"],
+        ["dataset", f"{sp['dataset']}; validation = last {sp['val_size']:,} training images; test reported, never selected on"
+                    + (f" (caution: {html.escape(dn['val_warning'])})" if dn.get("val_warning") else "")],
         ["base model", f"{dn['arch']}: {dn['params']:,} parameters, validation {_pct(dn['val_acc'])}, test {_pct(dn['test_acc'])}"],
         ["budget", f"{len(d['rows'])} complete trials of {sp['budget']['trials']} ({d['counts']}), "
                    f"{d['hours']:.2f} trial-hours, sampler {sp['sampler']['name']}"],

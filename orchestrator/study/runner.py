@@ -102,6 +102,9 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     parent = tracker.parent(study, space.model_dump())
     out = Path(out_dir) / space.name
     log = logging.getLogger("orchestrator.study")
+    warning = space.validation_warning()
+    if warning:
+        log.warning("study %s: %s", space.name, warning)
 
     def objective(trial):
         pipeline = space.suggest(trial)

@@ -130,6 +130,21 @@ class SearchSpace(BaseModel):
         act_bits = trial.suggest_categorical("act_bits", d.act_bits)
         return self.pipeline(method, ratio, epochs, kd, bits, act_bits)
 
+    def validation_warning(self) -> str | None:
+        """Why validation accuracies are optimistic, when the base was trained on the validation images."""
+        from ..checkpoint import load_checkpoint
+
+        try:
+            config = load_checkpoint(self.base).config or {}
+        except Exception:  # a missing or unreadable base fails later with its own clear error
+            return None
+        seen = config.get("val_size")
+        if "train" in config and seen is not None and seen < self.val_size:
+            return (f"the base {self.base} was trained with val_size={seen}, so it saw the last {self.val_size:,} "
+                    f"training images this study validates on: validation accuracies are optimistic (train the base "
+                    f"with --val-size {self.val_size}); test accuracies are unaffected")
+        return None
+
     def pipeline(self, method: str, ratio: float, epochs: int, kd: bool, bits: int, act_bits: int) -> PipelineConfig:
         ft = {**self.finetune.model_dump(exclude={"kd"}), "epochs": epochs, "kd": {} if kd and epochs else None}
         steps = []
