@@ -199,3 +199,25 @@ def test_a_base_trained_on_the_validation_images_is_flagged(base, tmp_path):
     ckpt.config["val_size"] = 20  # held out exactly the study's validation images
     save_checkpoint(tmp_path / "held.pt", ckpt)
     assert load_space(space_file(tmp_path, tmp_path / "held.pt")).validation_warning() is None
+
+
+def test_a_sqlite_mlflow_store_being_created_by_another_worker_is_retried(in_tmp, monkeypatch):
+    import mlflow
+
+    from orchestrator.study import tracking
+    calls = []
+    real = mlflow.MlflowClient
+
+    def flaky(uri):  # what a worker sees while another one migrates the new store's schema
+        calls.append(uri)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) duplicate column name: step")
+        return real(uri)
+
+    monkeypatch.setattr(mlflow, "MlflowClient", flaky)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    t = tracking.Tracker(f"sqlite:///{in_tmp}/m.db", "exp")
+    assert len(calls) == 2 and t.client.get_experiment(t.experiment_id).name == "exp"
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda uri: (_ for _ in ()).throw(RuntimeError("still broken")))
+    with pytest.raises(OrchestratorError, match="cannot use MLflow tracking URI .*still broken"):
+        tracking.Tracker(f"sqlite:///{in_tmp}/m2.db", "exp")

@@ -9,12 +9,14 @@ Default store: `sqlite:///mlflow.db` in the working directory with artifacts und
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
 from ..errors import OrchestratorError
 
 PARENT_ATTR = "mlflow_parent_run_id"
+SQLITE_ATTEMPTS = 5  # tries to open a local SQLite store that another worker may be creating
 
 
 def _flat(prefix: str, obj, out: dict) -> dict:
@@ -34,14 +36,21 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = tracking_uri or mlflow.get_tracking_uri()
-        try:
-            self.client = MlflowClient(self.uri)
-            self.experiment_id = self._experiment(experiment)
-            # MLflow 3's UI opens GenAI pages for experiments of unknown kind; these are training runs
-            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
-        except Exception as exc:  # unreachable server, bad URI: one line, the URI named
-            raise OrchestratorError(f"cannot use MLflow tracking URI {self.uri!r}: "
-                                    f"{str(exc).splitlines()[0][:200]}") from None
+        # Workers on one machine that start together race in MLflow's schema migration of a new
+        # SQLite store ("duplicate column name"); the loser retries once the winner has created it.
+        attempts = SQLITE_ATTEMPTS if self.uri.startswith("sqlite:") else 1
+        for attempt in range(attempts):
+            try:
+                self.client = MlflowClient(self.uri)
+                self.experiment_id = self._experiment(experiment)
+                # MLflow 3's UI opens GenAI pages for experiments of unknown kind; these are training runs
+                self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+                return
+            except Exception as exc:  # unreachable server, bad URI: one line, the URI named
+                if attempt + 1 == attempts:
+                    raise OrchestratorError(f"cannot use MLflow tracking URI {self.uri!r}: "
+                                            f"{str(exc).splitlines()[0][:200]}") from None
+                time.sleep(1 + random.random())
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
