@@ -30,6 +30,7 @@ from .data import load_split, split_validation
 from .errors import OrchestratorError
 from .footprint import measure
 from .footprint.export import export, load_export
+from .models import layer_groups
 from .pruning import PruneData, finalize_, parse_config, prune_
 from .pruning.core import effective_weight, prunable_layers
 from .pruning.registry import FinetuneConfig, finetune
@@ -99,6 +100,19 @@ def _sizes(model: nn.Module, act_bits: int | None) -> dict:
     return {"params": fp.params, "nonzero": fp.nonzero, "param_bits": fp.param_bits, "act_bits": fp.act_bits,
             "activation_peak_bits": fp.activation_peak_bits, "total_bits": fp.total_bits, "macs": fp.macs,
             "macs_sparse": fp.macs_sparse}
+
+
+def realized(model: nn.Module) -> dict:
+    """What the model ended up as, per layer group: sparsity, weight bits, and the width spec."""
+    zeros, sizes, bits = {}, {}, {}
+    layers = prunable_layers(model)
+    for group, names in layer_groups(model).items():
+        ws = [effective_weight(layers[n]) for n in names]
+        zeros[group], sizes[group] = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
+        bits[group] = sorted({getattr(layers[n], "weight_bits", 32) for n in names})
+    return {"sparsity": {g: round(zeros[g] / sizes[g], 4) for g in sizes},
+            "bits": {g: b[0] if len(b) == 1 else b for g, b in bits.items()},
+            "widths": getattr(model, "widths", None)}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -204,6 +218,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
              "base_test_acc": records[0]["test_acc"],
              **_sizes(exported.cpu(), act_bits), "file_bytes": info["file_bytes"],
              "payload_bytes": info["payload_bytes"]}
+    final["realized"] = realized(exported)
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
     result = {"pipeline": config.model_dump(), "base": str(base), "steps": records, "final": final,

@@ -30,7 +30,8 @@ class TrainingDiverged(OrchestratorError):
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(30, ge=0)  # passes over the training split
+    epochs: int | float = Field(30, ge=0, le=100_000)  # passes over the training split; a fraction (0.25) trains that share
+    # of one epoch's steps, the cheap recovery a study can afford on a CPU
     batch_size: int = Field(128, ge=1)  # images per optimizer step
     lr: float = Field(0.1, gt=0, le=10)  # peak learning rate
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -60,6 +61,11 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * frac))
     return config.lr * (1 - frac)
+
+
+def total_steps(epochs: int | float, steps_per_epoch: int) -> int:
+    """Optimizer steps of `epochs` passes (at least one step for any positive fraction)."""
+    return max(1, round(epochs * steps_per_epoch)) if epochs > 0 else 0
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -174,15 +180,17 @@ def train(model: nn.Module, train_split: Split, config: TrainConfig, normalizati
     step_model = torch.compile(model) if config.compile else model
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y, label_smoothing=config.label_smoothing))
     dtype = _amp_dtype(config, device)
-    total = config.epochs * len(loader)
-    bar = Progress(config.epochs, len(loader), enabled=progress)
-    for epoch in range(start, config.epochs):
+    total = total_steps(config.epochs, len(loader))
+    bar = Progress(math.ceil(config.epochs), len(loader), enabled=progress)
+    for epoch in range(start, math.ceil(config.epochs)):
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for i, (x, y) in enumerate(loader.epoch_batches(epoch)):
+            if epoch * len(loader) + i >= total:  # a fractional last epoch ends early
+                break
             lr = lr_at(epoch * len(loader) + i, total, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr

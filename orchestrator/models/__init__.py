@@ -103,3 +103,17 @@ def build_model(arch: str, num_classes: int = 10, widths: dict | BaseModel | Non
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (weights, biases, BN affine); BN running statistics excluded."""
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Conv/linear layer names by group, in network order (ResNet: stem, stage1..3, classifier).
+
+    Groups are what search spaces and configs give per-group pruning ratios and bits for; each model
+    family says which group a layer belongs to (`layer_group`), other modules group by top-level child.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            group = model.layer_group(name) if hasattr(model, "layer_group") else name.split(".")[0]
+            groups.setdefault(group, []).append(name)
+    return groups

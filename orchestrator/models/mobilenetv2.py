@@ -76,7 +76,9 @@ class CifarMobileNetV2(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, widths.stem, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths.stem), nn.ReLU6(inplace=True))
         blocks, in_ch = [], widths.stem
+        self.stage_of = []  # block index -> stage (1-based): a new stage starts where the output width changes
         for w in widths.blocks:
+            self.stage_of.append(self.stage_of[-1] + (w.out != in_ch or w.stride != 1) if self.stage_of else 1)
             blocks.append(InvertedResidual(in_ch, w))
             in_ch = w.out
         self.blocks = nn.Sequential(*blocks)
@@ -90,3 +92,8 @@ class CifarMobileNetV2(nn.Module):
     def forward(self, x):
         x = self.head(self.blocks(self.stem(x)))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def layer_group(self, name: str) -> str:
+        """stem, stage1..7, head or classifier: the units per-group ratios and bits name."""
+        top = name.split(".")[0]
+        return f"stage{self.stage_of[int(name.split('.')[1])]}" if top == "blocks" else top

@@ -110,3 +110,10 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.linear(x)
+
+    GROUPS = {"conv1": "stem", "linear": "classifier"}
+
+    def layer_group(self, name: str) -> str:
+        """The group (stem, stage1..3, classifier) a conv/linear layer belongs to: per-group ratios and bits."""
+        top = name.split(".")[0]
+        return self.GROUPS.get(top, top.replace("layer", "stage"))

@@ -43,8 +43,10 @@ class CifarVGG(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = 3
-        for stage in widths.stages:
+        self.stage_of = {}  # index in `features` of each conv -> its pooling stage (1-based)
+        for k, stage in enumerate(widths.stages):
             for w in stage:
+                self.stage_of[len(layers)] = k + 1
                 layers += [nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
                            nn.ReLU(inplace=True)]
                 in_ch = w
@@ -57,3 +59,7 @@ class CifarVGG(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
+
+    def layer_group(self, name: str) -> str:
+        """stage1..5 (the pooling stages) or classifier: the units per-group ratios and bits name."""
+        return "classifier" if name == "classifier" else f"stage{self.stage_of[int(name.split('.')[1])]}"

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import OrchestratorError
+from ..models import layer_groups
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -94,6 +95,18 @@ def select_per_layer(scores: dict[str, torch.Tensor], ratios: dict[str, float] |
         r = check_ratio(ratios if isinstance(ratios, (int, float)) else ratios.get(n, 0.0))
         masks[n] = _keep_top(s, max(min(min_keep, s.numel()), s.numel() - round(r * s.numel())))
     return masks
+
+
+def ratio_sets(model: nn.Module, ratio: float, group_ratios: dict[str, float]) -> list[tuple[float, list[str]]]:
+    """(ratio, layer names) pairs: each group of `group_ratios` at its own ratio, the other layers at `ratio`."""
+    groups = layer_groups(model)
+    unknown = [g for g in group_ratios if g not in groups]
+    if unknown:
+        raise OrchestratorError(f"group_ratios names group {unknown[0]!r}, which {getattr(model, 'arch', 'the model')} "
+                                f"does not have; groups: {', '.join(groups)}")
+    rest = [n for g, names in groups.items() if g not in group_ratios for n in names]
+    sets = [(r, groups[g]) for g, r in group_ratios.items()]
+    return sets + ([(ratio, rest)] if rest else [])
 
 
 # application -----------------------------------------------------------------------------------

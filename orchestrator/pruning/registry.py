@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Literal
+from typing import Annotated, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,14 @@ from ..train import TrainConfig, recalibrate_bn, train
 from .core import prunable_layers
 
 
+Ratio = Annotated[float, Field(ge=0, lt=1)]  # fraction of weights (or channels) removed
+GroupRatios = dict[str, Ratio]  # per layer group (models.layer_groups: stem, stage1.., classifier)
+
+
 class FinetuneConfig(TrainConfig):
     """Training after (or between) pruning steps: fine-tune defaults (short, low lr, cosine, no warmup)."""
 
-    epochs: int = Field(0, ge=0)  # 0: no fine-tuning
+    epochs: int | float = Field(0, ge=0, le=100_000)  # 0: no fine-tuning; fractions of an epoch allowed
     lr: float = Field(0.01, gt=0, le=10)
     schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
     warmup: float = Field(0.0, ge=0, lt=1)

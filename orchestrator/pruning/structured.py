@@ -16,7 +16,8 @@ from pydantic import Field
 from torch import nn
 
 from .channels import IMPORTANCE, group_ratios, keep_global, keep_per_group
-from .registry import FinetuneConfig, PruneConfig, PruneData, finetune, register
+from .core import ratio_sets
+from .registry import FinetuneConfig, GroupRatios, PruneConfig, PruneData, finetune, register
 from .sensitivity import DEFAULT_RATIOS, ratios_within, sensitivity
 from .surgery import channel_groups, remove_channels, stage_of
 
@@ -31,7 +32,8 @@ class _Filters(PruneConfig):
     structured = True
     ratio: float = Field(0.5, ge=0, lt=1)  # fraction of each group's channels removed
     stage_ratios: list[float] | None = None  # one ratio per stage (resnet/vgg), overrides `ratio`
-    ratios: dict[str, float] = {}  # per group name, overrides both
+    group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its channel groups' ratio
+    ratios: dict[str, float] = {}  # per channel group name, overrides all of the above
     skip: list[str] = []  # groups left whole (the sensitive ones)
     groups: Kinds = "internal"
     min_keep: int = Field(1, ge=1)  # channels every group keeps
@@ -56,7 +58,10 @@ class RandomFilter(_Filters):
 
 def _prune_filters(model: nn.Module, config: _Filters, data: PruneData | None, importance) -> nn.Module:
     groups = channel_groups(model, _kinds(config.groups))
-    per_group = dict(config.ratios)
+    listed = {n: r for r, names in ratio_sets(model, config.ratio, config.group_ratios)[:len(config.group_ratios)]
+              for n in names}  # layers of the groups given a ratio; a channel group follows its first producer
+    per_group = {**{n: listed[g.producers[0]] for n, g in groups.items() if g.producers[0] in listed},
+                 **config.ratios}
     if getattr(config, "max_drop", None) is not None:
         val = data.require("val", config.method)
         table = sensitivity(model, val, data.normalization, config.sensitivity_ratios, _kinds(config.groups),

@@ -18,11 +18,12 @@ from pydantic import Field
 from torch import nn
 
 from . import core
-from .registry import FinetuneConfig, PruneConfig, PruneData, finetune, register
+from .registry import FinetuneConfig, GroupRatios, PruneConfig, PruneData, finetune, register
 
 
 class _Ratio(PruneConfig):
     ratio: float = Field(0.5, ge=0, lt=1)  # fraction of conv/linear weights set to zero
+    group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its own ratio
     min_keep: int = Field(1, ge=0)  # weights every layer keeps at least
     finetune: FinetuneConfig = FinetuneConfig()
 
@@ -40,29 +41,31 @@ class RandomUnstructured(_Ratio):
     seed: int = Field(0, ge=0)
 
 
-def _one_shot(model, masks_fn, config, data):
+def _one_shot(model, scores_fn, select, config, data):
+    """Score, select per ratio set (`select(scores, ratio, min_keep)`), attach masks, fine-tune."""
     layers = core.prunable_layers(model)
-    core.apply_masks_(layers, masks_fn(layers))
+    scores = scores_fn(layers)
+    masks = {}
+    for ratio, names in core.ratio_sets(model, config.ratio, config.group_ratios):
+        masks.update(select({n: scores[n] for n in names}, ratio, config.min_keep))
+    core.apply_masks_(layers, masks)
     finetune(model, config.finetune, data, "finetune")
     return model
 
 
 @register(GlobalMagnitude)
 def global_magnitude(model: nn.Module, config: GlobalMagnitude, data: PruneData | None) -> nn.Module:
-    return _one_shot(model, lambda ls: core.select_global(core.magnitude(ls), config.ratio, config.min_keep),
-                     config, data)
+    return _one_shot(model, core.magnitude, core.select_global, config, data)
 
 
 @register(LayerMagnitude)
 def layer_magnitude(model: nn.Module, config: LayerMagnitude, data: PruneData | None) -> nn.Module:
-    return _one_shot(model, lambda ls: core.select_per_layer(core.magnitude(ls), config.ratio, config.min_keep),
-                     config, data)
+    return _one_shot(model, core.magnitude, core.select_per_layer, config, data)
 
 
 @register(RandomUnstructured)
 def random(model: nn.Module, config: RandomUnstructured, data: PruneData | None) -> nn.Module:
-    return _one_shot(model, lambda ls: core.select_global(core.random_scores(ls, config.seed), config.ratio,
-                                                          config.min_keep), config, data)
+    return _one_shot(model, lambda ls: core.random_scores(ls, config.seed), core.select_global, config, data)
 
 
 class Han(PruneConfig):

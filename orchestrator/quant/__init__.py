@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import OrchestratorError
 from ..loader import DeviceLoader
+from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..pruning.registry import FinetuneConfig, PruneData, finetune
 from ..quantize import FORMATS, check_bits, quantize_weight_
@@ -33,6 +34,7 @@ class QuantConfig(BaseModel):
     format: Format = "int"  # weight storage format
     bits: int = Field(8, ge=1, le=16)  # weight bits for "int" (2..16); binary is 1, fp16/bf16 are 16
     layer_bits: dict[str, int] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
+    group_bits: dict[str, int] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
     ends_bits: int | None = Field(8, ge=2, le=16)  # first conv and classifier; None: like the others
     act_bits: int | None = Field(None, ge=2, le=16)  # activations (conv/linear inputs); None: float
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
@@ -54,11 +56,17 @@ class QuantConfig(BaseModel):
         unknown = [n for n in self.layer_bits if n not in layers]
         if unknown:
             raise OrchestratorError(f"layer_bits names unknown layer {unknown[0]!r}; layers: {', '.join(layers)}")
+        groups = layer_groups(model)
+        unknown = [g for g in self.group_bits if g not in groups]
+        if unknown:
+            raise OrchestratorError(f"group_bits names group {unknown[0]!r}, which the model does not have; "
+                                    f"groups: {', '.join(groups)}")
+        explicit = {n: b for g, b in self.group_bits.items() for n in groups[g]} | self.layer_bits
         plan = {}
         for i, name in enumerate(layers):
             fmt, bits = self.format, self.bits
-            if name in self.layer_bits:
-                fmt, bits = "int", self.layer_bits[name]
+            if name in explicit:
+                fmt, bits = "int", explicit[name]
             elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in ("int", "binary"):
                 fmt, bits = "int", self.ends_bits
             if fmt == "fp32":

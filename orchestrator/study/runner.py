@@ -60,12 +60,55 @@ def _sampler(space: SearchSpace):
     optuna = _optuna()
     s = space.sampler
     if s.name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=s.seed)
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
+        inner = optuna.samplers.GridSampler(space.grid(), seed=s.seed)
+    elif s.name == "tpe":
+        inner = optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+    elif s.name == "random":
+        inner = optuna.samplers.RandomSampler(seed=s.seed)
+    else:
+        inner = optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
+    return per_trial_seed(inner, s.seed)
+
+
+def per_trial_seed(inner, seed: int):
+    """`inner` with its random state reseeded from (seed, trial number) before every trial.
+
+    Workers of one study share the trial-number sequence but not their samplers' states: seeded alike,
+    two workers starting together proposed the same configurations. Per-trial seeds keep one worker's
+    study reproducible and give every worker's trial its own draw.
+    """
+    optuna = _optuna()
+
+    class PerTrialSeed(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.inner = inner
+
+        def _reseed(self, number: int) -> None:
+            for k, obj in enumerate((self.inner, getattr(self.inner, "_random_sampler", None))):
+                rng = getattr(obj, "_rng", None)
+                if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
+                    rng.rng.seed((seed * 1_000_003 + number * 2 + k) % 2**32)
+
+        def before_trial(self, study, trial):
+            self._reseed(trial.number)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self.inner.reseed_rng()
+
+    return PerTrialSeed()
 
 
 def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True):
@@ -82,9 +125,25 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
 
 def finished(study) -> int:
     """Trials that count against the budget: complete ones, and ones that failed for a reason of their own
-    (a trial lost with a killed worker is retried instead)."""
-    return sum(t.state.name == "COMPLETE" or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
+    (a trial lost with a killed worker is retried instead). A repeat of a finished configuration, answered
+    from its record, costs nothing and does not count."""
+    return sum((t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs)
+               or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
                for t in study.get_trials(deepcopy=False))
+
+
+def same_pipeline(study, pipeline: dict):
+    """A complete, original trial of the study that ran exactly this pipeline, or None."""
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs and t.user_attrs.get("pipeline") == pipeline:
+            return t
+    return None
+
+
+def constraint_of(space: SearchSpace, val_acc: float, base_val_acc: float) -> float | None:
+    """Optuna constraint value (<= 0 feasible): how far the accuracy drop exceeds the space's floor."""
+    limit = space.constraints.max_accuracy_drop
+    return None if limit is None else (base_val_acc - val_acc) - limit
 
 
 def objectives_of(space: SearchSpace, result: dict) -> list[float]:
@@ -93,10 +152,22 @@ def objectives_of(space: SearchSpace, result: dict) -> list[float]:
     return [values[o] for o in space.objectives]
 
 
+def preflight(space: SearchSpace, data_dir) -> None:
+    """What every trial needs, checked before the study opens or spends anything: a readable base whose
+    layer groups the space names, and a valid data directory."""
+    from ..checkpoint import load_model
+    from ..data import load_split
+
+    model, ckpt = load_model(space.base)
+    space.check_base(model)
+    load_split(ckpt.dataset, "test", data_dir)
+
+
 def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=None, out_dir="runs/studies",
               tracking_uri: str | None = None, device="cpu", trials: int | None = None, progress=False,
               on_trial=None):
     """Run trials until the budget's finished-trial count (or `trials` more, or the timeout); returns the study."""
+    preflight(space, data_dir)
     study = open_study(space, storage)
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
@@ -108,9 +179,20 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
 
     def objective(trial):
         pipeline = space.suggest(trial)
+        trial.set_user_attr("pipeline", pipeline.model_dump())
+        same = same_pipeline(study, pipeline.model_dump())
+        if same is not None:  # answered from its record: no budget, no run, no MLflow entry
+            for k, v in same.user_attrs.items():
+                if k != "pipeline":
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", same.number)
+            for k, v in same.constraints.items():
+                trial.set_constraint(k, v)
+            log.info("trial %d repeats trial %d: answered from its record", trial.number, same.number)
+            duplicates.append(trial.number)
+            return list(same.values)
         run_id = tracker.start_trial(parent, space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("pipeline", pipeline.model_dump())
         ckpt = out / f"trial{trial.number:04d}.pt"
         try:
             result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress,
@@ -124,29 +206,45 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         values = objectives_of(space, result)
         f = result["final"]
         for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs", "macs_sparse", "nonzero",
-                  "compression", "file_bytes"):
+                  "compression", "file_bytes", "realized"):
             trial.set_user_attr(k, f[k])
-        trial.set_user_attr("val_acc", result["steps"][-1]["eval_acc"])
+        val, base_val = result["steps"][-1]["eval_acc"], result["steps"][0]["eval_acc"]
+        trial.set_user_attr("val_acc", val)
         trial.set_user_attr("cache_hits", result["cache_hits"])
-        trial.set_user_attr("base_val_acc", result["steps"][0]["eval_acc"])
+        trial.set_user_attr("base_val_acc", base_val)
         trial.set_user_attr("base_total_bits", result["steps"][0]["total_bits"])
         trial.set_user_attr("base_test_acc", f["base_test_acc"])
         trial.set_user_attr("checkpoint", str(ckpt))
         trial.set_user_attr("export", result["export"])
+        constraint = constraint_of(space, val, base_val)
+        if constraint is not None:
+            trial.set_constraint("accuracy_drop", constraint)
         tracker.finish_trial(run_id, result, ckpt, Path(result["export"]))
         if on_trial:
             on_trial(trial.number, trial.params, values)
         return values
 
     def stop_at_budget(st, _trial):  # other workers share the study: stop once the budget is spent by anyone
-        if finished(st) >= space.budget.trials:
+        if finished(st) >= space.budget.trials or len(duplicates) > max(10, space.budget.trials):
             st.stop()
 
-    remaining = space.budget.trials - finished(study)
-    n = remaining if trials is None else min(trials, remaining)
-    if n > 0:
-        timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
-        study.optimize(objective, n_trials=n, timeout=timeout, catch=(Exception,), callbacks=[stop_at_budget])
+    duplicates: list[int] = []
+    timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    spent = finished(study)
+    target = space.budget.trials if trials is None else min(space.budget.trials, spent + trials)
+    while finished(study) < target and len(duplicates) <= max(10, space.budget.trials):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        before = len(study.trials)
+        study.optimize(objective, n_trials=target - finished(study), timeout=left, catch=(Exception,),
+                       callbacks=[stop_at_budget])
+        if len(study.trials) == before or finished(study) >= space.budget.trials:
+            break  # the sampler stopped (an exhausted grid) or the budget is spent
+    if len(duplicates) > max(10, space.budget.trials):
+        log.warning("study %s: the sampler keeps proposing finished configurations (%d repeats); the space looks "
+                    "exhausted", space.name, len(duplicates))
     pareto_ids = {t.user_attrs.get("mlflow_run_id") for t in study.best_trials}
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]

@@ -1,8 +1,11 @@
 """Search spaces (search_spaces/*.yaml): what a study varies, what it optimizes, what it may spend.
 
-Each trial's choices become a pipeline (prune -> quantize, each with its fine-tune), so a trial
-is exactly what `orchestrator pipeline` runs. The parameter names (method, ratio, finetune_epochs,
-kd, bits, act_bits) are the same strings in Optuna, MLflow and the pipeline configs.
+Each trial's choices become a pipeline ([channel removal] -> [sparsity] -> [quantization], each with
+its own fine-tune budget, fractions of an epoch allowed), so a trial is exactly what `orchestrator
+pipeline` runs. Per-layer allocation takes few dimensions: a global ratio times a multiplier per
+layer group (`group_scale`), and bits per group (`group_bits`). The parameter names (method, ratio,
+scale_<group>, channel_ratio, channel_epochs, finetune_epochs, quant_epochs, kd, bits, bits_<group>,
+act_bits) are the same strings in Optuna and MLflow; search_spaces/README.md lists every key.
 """
 
 from __future__ import annotations
@@ -12,32 +15,83 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import OrchestratorError
+from ..models import layer_groups
 from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..pruning.registry import FinetuneConfig
 from ..yamlio import read_mapping
 
 
+MAX_GROUP_RATIO = 0.98  # a group's ratio (global ratio x its multiplier) is capped here
+
+
 class Range(BaseModel):
     model_config = ConfigDict(extra="forbid")
     low: float = Field(ge=0, lt=1)
     high: float = Field(ge=0, lt=1)
+    step: float | None = Field(None, gt=0, lt=1)  # a grid step: values low, low + step, ..., high
 
     @model_validator(mode="after")
     def _ordered(self):
         if self.low > self.high:
             raise ValueError(f"low={self.low} is above high={self.high}")
+        if self.step is not None:
+            n = (self.high - self.low) / self.step
+            if abs(n - round(n)) > 1e-6:
+                raise ValueError(f"step={self.step} does not divide high - low = {self.high - self.low:.6g}")
         return self
+
+
+def _positive_fractions(v: list[float], key: str) -> list[float]:
+    if any(not 0 <= e <= 1000 for e in v):
+        raise ValueError(f"{key} must be epochs >= 0 (fractions allowed, 0: none), got {v}")
+    return v
+
+
+def _check_bits(v: list[int]) -> list[int]:
+    if any(b not in (1, 16, 32) and not 2 <= b <= 8 for b in v):
+        raise ValueError(f"bits must be 32, 16, 2..8 or 1, got {v}")
+    return v
+
+
+class Channels(BaseModel):
+    """A channel-removal step before the sparsity step (composition): its method, ratios and fine-tune."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = "l1_filter"  # a structured method
+    ratio: Range | list[float] = [0.0, 0.25, 0.5]  # fraction of each block's inner channels removed (0: step skipped)
+    finetune_epochs: list[float] = Field([0.0], min_length=1)  # its own fine-tune budget (epochs, fractions allowed)
+
+    @field_validator("method")
+    @classmethod
+    def _structured(cls, v):
+        if v not in METHODS or not METHODS[v][0].structured:
+            raise ValueError(f"channels.method {v!r} is not a structured method; allowed: "
+                             + ", ".join(m for m, (c, _) in METHODS.items() if c.structured))
+        return v
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratios(cls, v):
+        if isinstance(v, list) and (not v or any(not 0 <= r < 1 for r in v)):
+            raise ValueError(f"ratio values must be in [0, 1), got {v}")
+        return v
+
+    _epochs = field_validator("finetune_epochs")(lambda v: _positive_fractions(v, "finetune_epochs"))
 
 
 class Dimensions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: list[str] = Field(["none", "global_magnitude"], min_length=1)  # "none": no pruning
-    ratio: Range | list[float] = Range(low=0.3, high=0.9)  # a range, or the values of a grid
-    finetune_epochs: list[int] = Field([0], min_length=1)  # per fine-tune (after pruning, during QAT)
+    ratio: Range | list[float] = Range(low=0.3, high=0.9)  # a range (optionally on a grid step), or grid values
+    group_scale: dict[str, list[float]] = {}  # per layer group: multipliers of `ratio` searched for that group
+    finetune_epochs: list[float] = Field([0], min_length=1)  # after pruning (epochs; fractions like 0.25 allowed)
+    quant_epochs: list[float] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
     kd: list[bool] = Field([False], min_length=1)  # distill from the base model in every fine-tune
     bits: list[int] = Field([32], min_length=1)  # weight bits: 32 float, 16 fp16, 2..8 int, 1 binary
+    group_bits: dict[str, int | list[int]] = {}  # per layer group: fixed int bits, or a list searched
     act_bits: list[int] = Field([32], min_length=1)  # activation bits: 32 float, else 2..16
+    channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
 
     @field_validator("method")
     @classmethod
@@ -54,18 +108,30 @@ class Dimensions(BaseModel):
             raise ValueError(f"ratio values must be in [0, 1), got {v}")
         return v
 
-    @field_validator("finetune_epochs")
+    @field_validator("group_scale")
     @classmethod
-    def _epochs(cls, v):
-        if any(e < 0 for e in v):
-            raise ValueError(f"finetune_epochs must be >= 0, got {v}")
+    def _scales(cls, v):
+        for g, values in v.items():
+            if not values or any(not 0 <= x <= 10 for x in values):
+                raise ValueError(f"group_scale.{g} must list multipliers in [0, 10], got {values}")
         return v
 
-    @field_validator("bits")
+    _epochs = field_validator("finetune_epochs")(lambda v: _positive_fractions(v, "finetune_epochs"))
+
+    @field_validator("quant_epochs")
     @classmethod
-    def _bits(cls, v):
-        if any(b not in (1, 16, 32) and not 2 <= b <= 8 for b in v):
-            raise ValueError(f"bits must be 32, 16, 2..8 or 1, got {v}")
+    def _quant_epochs(cls, v):
+        return v if v is None else _positive_fractions(v, "quant_epochs")
+
+    _bits = field_validator("bits")(lambda v: _check_bits(v))
+
+    @field_validator("group_bits")
+    @classmethod
+    def _group_bits(cls, v):
+        for g, b in v.items():
+            values = b if isinstance(b, list) else [b]
+            if not values or any(not 2 <= x <= 8 for x in values):
+                raise ValueError(f"group_bits.{g} must be int bits 2..8 (or a list of them), got {b}")
         return v
 
     @field_validator("act_bits")
@@ -74,6 +140,17 @@ class Dimensions(BaseModel):
         if any(b != 32 and not 2 <= b <= 16 for b in v):
             raise ValueError(f"act_bits must be 32 or 2..16, got {v}")
         return v
+
+    def groups(self) -> set[str]:
+        return set(self.group_scale) | set(self.group_bits)
+
+
+class Constraints(BaseModel):
+    """Feasibility given to the sampler as Optuna constraints: the budget goes where the answer is."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_accuracy_drop: float | None = Field(None, gt=0, lt=1)  # validation accuracy at most this far below
+    # the base's (a fraction: 0.05 = 5 points); trials below it are infeasible and never on the front
 
 
 class Sampler(BaseModel):
@@ -97,6 +174,7 @@ class SearchSpace(BaseModel):
     val_size: int = Field(5000, ge=1)  # held-out training images the objectives are measured on
     finetune: FinetuneConfig = FinetuneConfig()  # lr, batch size, ... of every fine-tune (epochs come from the trial)
     dimensions: Dimensions = Dimensions()
+    constraints: Constraints = Constraints()
     objectives: list[Literal["accuracy", "footprint", "macs"]] = ["accuracy", "footprint"]
     sampler: Sampler = Sampler()
     budget: Budget
@@ -111,24 +189,55 @@ class SearchSpace(BaseModel):
     def directions(self) -> list[str]:
         return ["maximize" if o == "accuracy" else "minimize" for o in self.objectives]
 
+    def check_base(self, model) -> None:
+        """Per-group values must name groups the base model has: checked before any trial runs."""
+        groups = layer_groups(model)
+        for key in ("group_scale", "group_bits"):
+            unknown = [g for g in getattr(self.dimensions, key) if g not in groups]
+            if unknown:
+                raise OrchestratorError(f"dimensions.{key}.{unknown[0]}: the base {self.base} ({model.arch}) has no "
+                                        f"layer group {unknown[0]!r}; groups: {', '.join(groups)}")
+
     def grid(self) -> dict[str, list]:
         d = self.dimensions
-        if not isinstance(d.ratio, list):
+        if not isinstance(d.ratio, list) or (d.channels and not isinstance(d.channels.ratio, list)):
             raise OrchestratorError("the grid sampler needs ratio as a list of values, not a range")
-        return {"method": d.method, "ratio": d.ratio, "finetune_epochs": d.finetune_epochs, "kd": d.kd,
-                "bits": d.bits, "act_bits": d.act_bits}
+        grid = {"method": d.method, "ratio": d.ratio, **{f"scale_{g}": v for g, v in d.group_scale.items()}}
+        if d.channels:
+            grid.update(channel_ratio=d.channels.ratio, channel_epochs=d.channels.finetune_epochs)
+        grid.update(finetune_epochs=d.finetune_epochs, kd=d.kd, bits=d.bits, act_bits=d.act_bits)
+        if d.quant_epochs is not None:
+            grid["quant_epochs"] = d.quant_epochs
+        grid.update({f"bits_{g}": b for g, b in d.group_bits.items() if isinstance(b, list)})
+        return grid
 
     def suggest(self, trial) -> PipelineConfig:
-        """The trial's pipeline. Every dimension is always suggested (a fixed space suits NSGA-II and grids)."""
+        """The trial's pipeline. Every dimension is always suggested (a fixed space suits NSGA-II and grids);
+        parameters a pipeline does not use (the ratio of "none") do not change it, and trials are compared by
+        their pipelines."""
         d = self.dimensions
-        method = trial.suggest_categorical("method", d.method)
-        ratio = (trial.suggest_categorical("ratio", d.ratio) if isinstance(d.ratio, list)
-                 else trial.suggest_float("ratio", d.ratio.low, d.ratio.high))
-        epochs = trial.suggest_categorical("finetune_epochs", d.finetune_epochs)
-        kd = trial.suggest_categorical("kd", d.kd)
-        bits = trial.suggest_categorical("bits", d.bits)
-        act_bits = trial.suggest_categorical("act_bits", d.act_bits)
-        return self.pipeline(method, ratio, epochs, kd, bits, act_bits)
+
+        def ratio(name, r):
+            if isinstance(r, list):
+                return trial.suggest_categorical(name, r)
+            return trial.suggest_float(name, r.low, r.high, step=r.step)
+
+        params = {"method": trial.suggest_categorical("method", d.method), "ratio": ratio("ratio", d.ratio)}
+        for g, values in d.group_scale.items():
+            params[f"scale_{g}"] = trial.suggest_categorical(f"scale_{g}", values)
+        if d.channels:
+            params["channel_ratio"] = ratio("channel_ratio", d.channels.ratio)
+            params["channel_epochs"] = trial.suggest_categorical("channel_epochs", d.channels.finetune_epochs)
+        params["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", d.finetune_epochs)
+        if d.quant_epochs is not None:
+            params["quant_epochs"] = trial.suggest_categorical("quant_epochs", d.quant_epochs)
+        params["kd"] = trial.suggest_categorical("kd", d.kd)
+        params["bits"] = trial.suggest_categorical("bits", d.bits)
+        for g, b in d.group_bits.items():
+            if isinstance(b, list):
+                params[f"bits_{g}"] = trial.suggest_categorical(f"bits_{g}", b)
+        params["act_bits"] = trial.suggest_categorical("act_bits", d.act_bits)
+        return self.pipeline(params)
 
     def validation_warning(self) -> str | None:
         """Why validation accuracies are optimistic, when the base was trained on the validation images."""
@@ -145,18 +254,39 @@ class SearchSpace(BaseModel):
                     f"with --val-size {self.val_size}); test accuracies are unaffected")
         return None
 
-    def pipeline(self, method: str, ratio: float, epochs: int, kd: bool, bits: int, act_bits: int) -> PipelineConfig:
-        ft = {**self.finetune.model_dump(exclude={"kd"}), "epochs": epochs, "kd": {} if kd and epochs else None}
+    def pipeline(self, params: dict) -> PipelineConfig:
+        """The pipeline of one point of the space: [channel removal] -> [sparsity] -> [quantization]."""
+        d = self.dimensions
+        kd = params.get("kd", False)
+
+        def ft(epochs):
+            return {**self.finetune.model_dump(exclude={"kd"}), "epochs": epochs, "kd": {} if kd and epochs else None}
+
+        epochs = params.get("finetune_epochs", 0)
         steps = []
+        if d.channels and params.get("channel_ratio", 0) > 0:
+            steps.append({"prune": {"method": d.channels.method, "ratio": params["channel_ratio"],
+                                    "finetune": ft(params.get("channel_epochs", 0))}})
+        method, r = params.get("method", "none"), params.get("ratio", 0.0)
         if method != "none":
-            steps.append({"prune": {"method": method, "ratio": ratio, "finetune": ft}})
+            prune = {"method": method, "ratio": r, "finetune": ft(epochs)}
+            scales = {g: params[f"scale_{g}"] for g in d.group_scale if f"scale_{g}" in params}
+            if scales:  # a global ratio times per-group multipliers: few dimensions, per-layer allocation
+                prune["group_ratios"] = {g: round(min(MAX_GROUP_RATIO, r * s), 4) for g, s in scales.items()}
+            steps.append({"prune": prune})
+        bits, act_bits = params.get("bits", 32), params.get("act_bits", 32)
+        group_bits = {g: params.get(f"bits_{g}", b) for g, b in d.group_bits.items()}
         if bits < 32 or act_bits < 32:
-            q = {"method": "qat" if epochs else "ptq", "finetune": ft, "act_bits": act_bits if act_bits < 32 else None}
+            q_epochs = params.get("quant_epochs", epochs)
+            q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),
+                 "act_bits": act_bits if act_bits < 32 else None}
             q.update({1: {"format": "binary"}, 16: {"format": "fp16"}, 32: {"format": "fp32"}}.get(
                 bits, {"format": "int", "bits": bits}))
+            if group_bits and bits < 16:
+                q["group_bits"] = group_bits
             steps.append({"quantize": q})
         if not steps:
-            steps.append({"finetune": {**ft, "epochs": 0}})  # the base model itself
+            steps.append({"finetune": {**ft(0), "epochs": 0}})  # the base model itself
         return PipelineConfig(base=self.base, val_size=self.val_size, steps=steps)
 
 
