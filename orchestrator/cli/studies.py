@@ -22,7 +22,7 @@ def study():
 
 def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
-    from ..study.pareto import export_pareto
+    from ..study.pareto import export_pareto, rows
 
     space = load_space(space_file)
     storage = storage or DEFAULT_STORAGE
@@ -38,7 +38,7 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
                    device=_device(device), trials=trials, progress=not quiet, on_trial=echo)
     files = export_pareto(st, Path(out_dir) / space.name / "pareto",
                           footer=f"orchestrator study pareto {space_file} --storage {storage}")
-    click.echo(f"{space.name}: {status(st)}; Pareto front: {len(st.best_trials)} trials -> {files[1]}")
+    click.echo(f"{space.name}: {status(st)}; Pareto front: {sum(r['pareto'] for r in rows(st))} trials -> {files[1]}")
 
 
 def _common(fn):

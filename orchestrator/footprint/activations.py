@@ -123,10 +123,11 @@ def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.G
         if a in root:
             last_use[root[a]] = len(nodes)
     birth = {r: index[r] for r in size}
-    peak, peak_at = 0, nodes[0]
+    peak, peak_at, timeline = 0, nodes[0], []
     for n in nodes:
         i = index[n]
         live = sum(size[r] for r in size if birth[r] <= i <= last_use[r])
+        timeline.append((n.name, live * bits))
         if live > peak:
             peak, peak_at = live, n
     live_at_peak = sorted((r.name for r in size if birth[r] <= index[peak_at] <= last_use[r]))
@@ -139,4 +140,5 @@ def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.G
     return {"batch": batch, "bits": bits,
             "peak_bits": peak * bits, "peak_elements": peak, "peak_at": peak_at.name, "live_at_peak": live_at_peak,
             "sum_bits": sum(size.values()) * bits,
-            "largest_layer_bits": largest[0] * bits, "largest_layer": largest[1]}
+            "largest_layer_bits": largest[0] * bits, "largest_layer": largest[1],
+            "timeline": timeline}  # (graph node, live activation bits while it runs), in execution order

@@ -7,10 +7,13 @@ import datetime as dt
 from ..checkpoint import load_model
 from ..errors import OrchestratorError
 from ..footprint import measure
+from ..footprint.activations import activation_report
 from ..pruning import METHODS, sparsity
 from ..study.pareto import method_curves, rows
 from ..workflows import environment
 
+ANSWER_FLOOR = 0.05  # a budget's answer is at most this far below the dense model (validation), unless the
+# space sets its own floor (constraints.max_accuracy_drop)
 BUDGETS = [(1_000_000, "1 MB"), (300_000, "300 KB"), (100_000, "100 KB"), (30_000, "30 KB")]  # bytes
 
 DESCRIPTIONS = {
@@ -34,6 +37,20 @@ def _duration(t) -> float:
     return 0.0
 
 
+def memory_profile(model) -> dict:
+    """Where a model's memory goes: live activation bytes along the network (peak marked) and parameter
+    bytes per layer, for the footprint slide."""
+    fp = measure(model)
+    act = activation_report(model, bits=fp.act_bits)
+    per_layer: dict = {}
+    for t in fp.tensors:
+        layer = t.name.rsplit(".", 1)[0]
+        per_layer[layer] = per_layer.get(layer, 0) + t.storage_bits / 8
+    return {"live": [(name, bits / 8) for name, bits in act["timeline"]], "peak_at": fp.activation_peak_at,
+            "peak_bytes": fp.activation_peak_bits / 8, "param_bytes": per_layer, "act_bits": fp.act_bits,
+            "total_bytes": fp.total_bits / 8}
+
+
 def collect(study, space) -> dict:
     data = rows(study)
     if not data:
@@ -48,20 +65,23 @@ def collect(study, space) -> dict:
              "val_acc": first["base_val_acc"], "test_acc": first["base_test_acc"],
              "val_warning": space.validation_warning()}
     front = [r for r in data if r["pareto"]]
+    floor = space.constraints.max_accuracy_drop or ANSWER_FLOOR
     answer = []
-    for limit, label in BUDGETS:
-        fits = [r for r in data if r["footprint_bytes"] <= limit]
+    for limit, label in BUDGETS:  # a budget is answered by a model within the floor, never a collapsed one
+        fits = [r for r in data if r["footprint_bytes"] <= limit and r["feasible"]
+                and r["val_acc"] >= dense["val_acc"] - floor]
         best = max(fits, key=lambda r: r["val_acc"]) if fits else None
         answer.append({"budget": label, "bytes": limit, "trial": best})
     near = [r for r in data if r["val_acc"] >= dense["val_acc"] - 0.01]
     smallest = min(near, key=lambda r: r["footprint_bytes"]) if near else None
-    best = smallest or max(front, key=lambda r: r["val_acc"])
-    best_model = None
+    best = smallest or max(front or data, key=lambda r: r["val_acc"])
+    best_model, profiles = None, {"dense": memory_profile(base_model)}
     ckpt_path = trials[best["trial"]].user_attrs.get("checkpoint")
     if ckpt_path:
         try:
             model, _ = load_model(ckpt_path)
             best_model = {"widths": model.widths, "sparsity": sparsity(model)}
+            profiles["chosen"] = memory_profile(model)
         except OrchestratorError:
             best_model = None
     by_bits: dict = {}
@@ -93,7 +113,8 @@ def collect(study, space) -> dict:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     methods = sorted({r.get("method", "none") for r in data})
     return {"study": study.study_name, "space": space.model_dump(), "dense": dense, "rows": data, "front": front,
-            "answer": answer, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
+            "answer": answer, "floor": floor, "infeasible": sum(not r["feasible"] for r in data),
+            "profiles": profiles, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
             "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": kd, "curves": curves,
             "importances": importances, "counts": counts, "environment": environment(),
             "methods": {m: DESCRIPTIONS[m] if m in DESCRIPTIONS else (METHODS[m][0].__doc__ or m).splitlines()[0]

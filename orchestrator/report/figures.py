@@ -22,14 +22,20 @@ def pareto(d: dict, out: Path) -> dict:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    rs = d["rows"]
+    rs = [r for r in d["rows"] if r["feasible"]]
+    bad = [r for r in d["rows"] if not r["feasible"]]
     ax.scatter([r["footprint_bytes"] for r in rs], [100 * r["val_acc"] for r in rs], s=10, color="0.6", alpha=0.3,
-               label="all trials")
+               label="feasible trials")
+    if bad:
+        ax.scatter([r["footprint_bytes"] for r in bad], [100 * r["val_acc"] for r in bad], s=10, marker="x",
+                   color="0.75", label=f"below the accuracy floor ({len(bad)})")
     for i, (method, pts) in enumerate(sorted(d["curves"].items())):
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-", lw=1, color=f"C{(i + 1) % 10}", alpha=0.8,
-                label=f"{method} (best per footprint)")
+        ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="post", lw=1, color=f"C{(i + 1) % 10}",
+                alpha=0.8, label=f"{method} (best per footprint)")
     front = d["front"]
-    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o-", color="C0", ms=5, lw=2,
+    ax.step([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], where="post", color="C0",
+            lw=2)
+    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o", color="C0", ms=5,
             label="Pareto front")
     ax.scatter([d["dense"]["total_bytes"]], [100 * d["dense"]["val_acc"]], marker="*", s=160, color="C3", zorder=5,
                label=f"dense {d['dense']['arch']}")
@@ -92,7 +98,43 @@ def best_model(d: dict, out: Path) -> dict | None:
                                 f"checkpoint; its widths: {bm['widths']}."}
 
 
+def memory(d: dict, out: Path) -> dict | None:
+    """Where the memory goes, dense base vs chosen model: live activations along the network, parameter bytes
+    per layer."""
+    prof = d.get("profiles", {})
+    if "chosen" not in prof:
+        return None
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for key, color, name in (("dense", "C3", f"dense {d['dense']['arch']}"), ("chosen", "C0", f"trial {d['best']['trial']}")):
+        p = prof[key]
+        live = [b / 1024 for _, b in p["live"]]
+        a1.plot(range(len(live)), live, color=color, lw=1.2,
+                label=f"{name}: peak {p['peak_bytes'] / 1024:,.1f} KiB at {p['peak_at']} ({p['act_bits']}-bit)")
+        i = [n for n, _ in p["live"]].index(p["peak_at"])
+        a1.plot([i], [live[i]], "v", color=color, ms=7)
+    a1.set(xlabel="operation in execution order (fx graph node)", ylabel="live activations (KiB, batch 1)")
+    a1.legend(fontsize=7)
+    layers = list(prof["dense"]["param_bytes"])
+    x = range(len(layers))
+    a2.bar([i - 0.2 for i in x], [prof["dense"]["param_bytes"][n] / 1024 for n in layers], 0.4, color="C3",
+           label=f"dense: {sum(prof['dense']['param_bytes'].values()) / 1024:,.1f} KiB")
+    chosen = prof["chosen"]["param_bytes"]
+    a2.bar([i + 0.2 for i in x], [chosen.get(n, 0) / 1024 for n in layers], 0.4, color="C0",
+           label=f"trial {d['best']['trial']}: {sum(chosen.values()) / 1024:,.1f} KiB")
+    a2.set_xticks(list(x), layers, rotation=90, fontsize=5)
+    a2.set(ylabel="parameter storage (KiB)", yscale="log")
+    a2.legend(fontsize=7)
+    paths = _save(fig, out, "memory")
+    return {**paths, "caption": f"Left: bytes of live feature maps while each operation runs (fx-traced liveness, batch 1, "
+                                f"at each model's activation bits; triangles mark the peak). Right: parameter storage per "
+                                f"layer in its encoding (BN folded in the layer's row), dense base vs trial "
+                                f"{d['best']['trial']} ({d['best']['label']})."}
+
+
 def all_figures(d: dict, out: Path) -> dict:
     figs = {"pareto": pareto(d, out), "importances": importances(d, out), "bits": bits(d, out),
-            "best_model": best_model(d, out)}
+            "best_model": best_model(d, out), "memory": memory(d, out)}
     return {k: v for k, v in figs.items() if v}

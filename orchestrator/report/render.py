@@ -44,19 +44,26 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
         ["base model", f"{dn['arch']}: {dn['params']:,} parameters, validation {_pct(dn['val_acc'])}, test {_pct(dn['test_acc'])}"],
         ["budget", f"{len(d['rows'])} complete trials of {sp['budget']['trials']} ({d['counts']}), "
                    f"{d['hours']:.2f} trial-hours, sampler {sp['sampler']['name']}"],
+        ["feasible", f"{len(d['rows']) - d['infeasible']} trials within {100 * d['floor']:.0f} points of the base "
+                     f"(validation); {d['infeasible']} below that floor, never on the front"],
         ["hardware, versions", f"{env['device']}, {env['threads']} threads; torch {env['torch']}, "
                                f"orchestrator {env['orchestrator']}, python {env['python']}"],
     ])
     footprint = ("<p>Footprint = parameter storage (every tensor at its bit-width, in the cheapest of dense / bitmask / "
                  "relative-index encodings, per-channel scales included) + the peak of live activations for one image "
                  "(batch 1) at the model's activation bit-width. Measured on the exported file of every trial.</p>"
-                 + _table(["dense model", "parameters", "peak activations", "total", "MACs"],
-                          [[dn["arch"], _kb(dn["param_bytes"]), f"{_kb(dn['activation_peak_bytes'])} at {dn['activation_peak_at']}",
-                            _kb(dn["total_bytes"]), f"{dn['macs']:,}"]]))
+                 + _table(["model", "parameters", "peak activations", "total"],
+                          [[f"dense {dn['arch']}", _kb(dn["param_bytes"]),
+                            f"{_kb(dn['activation_peak_bytes'])} at {dn['activation_peak_at']}", _kb(dn["total_bytes"])]]
+                          + [[f"chosen: trial {d['best']['trial']}", _kb(sum(c["param_bytes"].values())),
+                              f"{_kb(c['peak_bytes'])} at {c['peak_at']} ({c['act_bits']}-bit)", _kb(c["total_bytes"])]
+                             for c in [d["profiles"].get("chosen")] if c])
+                 + (_img(figs["memory"]) if "memory" in figs else ""))
     methods = _table(["method", "what it does"], [[m, t] for m, t in d["methods"].items()])
     front_rows = [[r["trial"], r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]), _kb(r["footprint_bytes"]),
-                   f"{r['compression']:.1f}x"] for r in d["front"]]
-    pareto = _img(figs["pareto"]) + _table(["trial", "configuration", "val", "test", "footprint", "smaller by"], front_rows)
+                   f"{r['compression']:.1f}x", realized_line(r.get("realized"))] for r in d["front"]]
+    pareto = _img(figs["pareto"]) + _table(["trial", "configuration", "val", "test", "footprint", "smaller by",
+                                            "realized: zeros / weight bits per layer group"], front_rows)
     mattered = "".join(_img(figs[k]) for k in ("importances", "bits", "best_model") if k in figs)
     if d["kd"]:
         mattered += "<p>KD in fine-tunes: " + "; ".join(
@@ -65,7 +72,8 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
     answer_rows = []
     for a in d["answer"]:
         t = a["trial"]
-        answer_rows.append([a["budget"], "no trial fits" if t is None else f"{_pct(t['val_acc'])} val, {_pct(t['test_acc'])} test",
+        none = f"no trial within {100 * d['floor']:.0f} points of the base fits"
+        answer_rows.append([a["budget"], none if t is None else f"{_pct(t['val_acc'])} val, {_pct(t['test_acc'])} test",
                             "" if t is None else f"trial {t['trial']}: {t['label']} ({_kb(t['footprint_bytes'])})"])
     s = d["smallest_near_dense"]
     near = ("no trial within 1 point of the dense model" if s is None else
@@ -73,10 +81,10 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
             f"{_kb(s['footprint_bytes'])} = {s['compression']:.1f}x smaller, {_pct(s['val_acc'])} val / {_pct(s['test_acc'])} test")
     repro = (f"<pre>orchestrator study run {html.escape(space_file)} --storage {html.escape(storage)}\n"
              f"orchestrator report {html.escape(space_file)} --storage {html.escape(storage)}</pre>")
-    if s is not None and d["pipelines"].get(s["trial"]):
-        repro += ("<p>That trial alone: save this as pipeline.yaml and run "
+    if s is not None and d["pipelines"].get(s["trial"]):  # the full YAML in the report; slides keep one line
+        repro += ("<div class='report-only'><p>That trial alone: save this as pipeline.yaml and run "
                   "<code>orchestrator pipeline pipeline.yaml</code>:</p><pre>"
-                  + html.escape(yaml.safe_dump(d["pipelines"][s["trial"]], sort_keys=False)) + "</pre>")
+                  + html.escape(yaml.safe_dump(d["pipelines"][s["trial"]], sort_keys=False)) + "</pre></div>")
     answer = _table(["footprint budget", "best accuracy (selected on validation)", "trial"], answer_rows) + \
         f"<p><b>{html.escape(near)}</b></p>" + repro
     return [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
@@ -87,6 +95,14 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
 CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:.5em 0}"
        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}figcaption{font-size:12px;color:#555}"
        "pre{background:#f5f5f5;padding:8px;font-size:12px;overflow-x:auto}")
+
+
+def realized_line(realized: dict | None) -> str:
+    """Per layer group: the fraction of zero weights and the weight bits, e.g. 'stage1 52%/4b'."""
+    if not realized:
+        return ""
+    sp, bits = realized.get("sparsity", {}), realized.get("bits", {})
+    return ", ".join(f"{g} {100 * sp[g]:.0f}%/{bits.get(g, 32)}b" for g in sp)
 
 
 def report_html(d: dict, secs: list[tuple[str, str]]) -> str:
@@ -101,7 +117,7 @@ def slides_html(d: dict, secs: list[tuple[str, str]]) -> str:
     title = (f"<section><h1>{html.escape(d['study'])}</h1><p>What is the best accuracy with the smallest memory "
              f"footprint for a CNN on {html.escape(d['space']['dataset'])}?</p><p>{d['generated']}</p></section>")
     slides = title + "".join(f"<section><h2>{html.escape(t)}</h2>{b}</section>" for t, b in secs)
-    css = CSS + ("section{display:none;min-height:90vh}section.on{display:block}"
+    css = CSS + (".report-only{display:none}section{display:none;min-height:90vh}section.on{display:block}"
                  "@media print{section{display:block;page-break-after:always;min-height:0}}")
     js = ("var s=document.querySelectorAll('section'),i=0;function show(){s.forEach(function(e,k){e.className=k==i?'on':''});"
           "location.hash=i+1}document.addEventListener('keydown',function(e){if(['ArrowRight','PageDown',' '].indexOf(e.key)>=0)"

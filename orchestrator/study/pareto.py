@@ -12,30 +12,62 @@ import math
 from pathlib import Path
 
 
-def rows(study) -> list[dict]:
-    """One row per complete trial, with `pareto` marking the front."""
-    front = {t.number for t in study.best_trials}
+def label(p: dict) -> str:
+    """A compact one-line configuration from a trial's parameters (the full pipeline is in its record)."""
+    method = p.get("method", "none")
     out = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name != "COMPLETE":
-            continue
+    if p.get("channel_ratio"):
+        out.append(f"ch{p['channel_ratio']:.2f}" + (f"+{p['channel_epochs']:g}ep" if p.get("channel_epochs") else ""))
+    if method != "none":
+        scales = [f"{k[len('scale_'):].replace('stage', 's')}x{v:g}" for k, v in p.items() if k.startswith("scale_")]
+        out.append(f"{method} r={p['ratio']:.2f}" + (f" ({' '.join(scales)})" if scales else ""))
+        if p.get("finetune_epochs"):
+            out.append(f"ft{p['finetune_epochs']:g}")
+    bits, act = p.get("bits", 32), p.get("act_bits", 32)
+    if bits < 32 or act < 32:
+        group = [f"{k[len('bits_'):].replace('stage', 's')}:{v}" for k, v in p.items() if k.startswith("bits_")]
+        q_epochs = p.get("quant_epochs", p.get("finetune_epochs", 0))
+        out.append(f"w{bits}" + (f"a{act}" if act < 32 else "") + (f" ({' '.join(group)})" if group else "")
+                   + (f" qat{q_epochs:g}" if q_epochs else " ptq"))
+    if p.get("kd") and any(p.get(k) for k in ("finetune_epochs", "quant_epochs", "channel_epochs")):
+        out.append("kd")
+    return " ".join(out) or "dense base"
+
+
+def feasible(t) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
+def rows(study) -> list[dict]:
+    """One row per complete trial (repeats of a finished configuration left out), with `feasible` (the
+    space's accuracy floor) and `pareto` marking the front among the feasible trials."""
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
+    out = []
+    for t in trials:
         a, p = t.user_attrs, t.params
-        bits = p.get("bits", 32)
-        label = f"{p.get('method', 'none')}" + (f" r={p['ratio']:.2f}" if p.get("method", "none") != "none" else "")
-        label += f" w{bits}" + (f"a{p['act_bits']}" if p.get("act_bits", 32) < 32 else "")
-        label += f" ft{p.get('finetune_epochs', 0)}" + (" kd" if p.get("kd") and p.get("finetune_epochs") else "")
-        out.append({"trial": t.number, "pareto": t.number in front, "label": label, **p,
+        out.append({"trial": t.number, "feasible": feasible(t), "label": label(p), **p,
                     "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"),
                     "footprint_bytes": a.get("total_bits", 0) / 8, "param_bytes": a.get("param_bits", 0) / 8,
                     "activation_peak_bytes": a.get("activation_peak_bits", 0) / 8, "macs": a.get("macs_sparse"),
                     "compression": a.get("compression"), "base_val_acc": a.get("base_val_acc"),
                     "base_test_acc": a.get("base_test_acc"), "base_footprint_bytes": a.get("base_total_bits", 0) / 8,
-                    "mlflow_run_id": a.get("mlflow_run_id")})
+                    "realized": a.get("realized"), "mlflow_run_id": a.get("mlflow_run_id")})
+    front = {r["trial"] for r in non_dominated([r for r in out if r["feasible"]])}
+    for r in out:
+        r["pareto"] = r["trial"] in front
     return sorted(out, key=lambda r: r["footprint_bytes"])
 
 
+def non_dominated(rs: list[dict]) -> list[dict]:
+    """Rows no other row beats on both validation accuracy (higher) and footprint (smaller)."""
+    return [r for r in rs if not any(o["val_acc"] >= r["val_acc"] and o["footprint_bytes"] <= r["footprint_bytes"]
+                                     and (o["val_acc"], o["footprint_bytes"]) != (r["val_acc"], r["footprint_bytes"])
+                                     for o in rs)]
+
+
 def envelope(rs: list[dict]) -> list[tuple[float, float]]:
-    """The best accuracy reachable at or below each footprint: a method's own Pareto front."""
+    """The best accuracy reachable at or below each footprint: a method's own Pareto front (its corners)."""
     out, best = [], -1.0
     for r in sorted(rs, key=lambda r: r["footprint_bytes"]):
         if r["val_acc"] > best:
@@ -45,14 +77,15 @@ def envelope(rs: list[dict]) -> list[tuple[float, float]]:
 
 
 def method_curves(data: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    """Per pruning method (the seed's methods among them), its envelope over all the study's trials."""
+    """Per pruning method (the seed's methods among them), its envelope over the study's feasible trials."""
     per_method: dict = {}
     for r in data:
-        per_method.setdefault(r.get("method", "none"), []).append(r)
+        if r["feasible"]:
+            per_method.setdefault(r.get("method", "none"), []).append(r)
     return {m: envelope(rs) for m, rs in sorted(per_method.items())}
 
 
-COLUMNS = ["trial", "pareto", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
+COLUMNS = ["trial", "pareto", "feasible", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
            "activation_peak_bytes", "macs", "compression", "mlflow_run_id"]
 
 
@@ -79,15 +112,20 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    dom = [r for r in data if not r["pareto"]]
+    dom = [r for r in data if not r["pareto"] and r["feasible"]]
+    bad = [r for r in data if not r["feasible"]]
     front = [r for r in data if r["pareto"]]
     ax.scatter([r["footprint_bytes"] for r in dom], [100 * r["val_acc"] for r in dom], s=14, color="0.6",
                alpha=0.35, label="dominated trials")
-    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o-", color="C0", ms=5,
-            label="Pareto front (validation)")
+    if bad:
+        ax.scatter([r["footprint_bytes"] for r in bad], [100 * r["val_acc"] for r in bad], s=14, marker="x",
+                   color="0.75", label=f"infeasible: below the accuracy floor ({len(bad)})")
+    ax.plot([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], "o", color="C0", ms=5,
+            label="Pareto front (validation, feasible)")
+    ax.step([r["footprint_bytes"] for r in front], [100 * r["val_acc"] for r in front], where="post", color="C0")
     for i, (method, pts) in enumerate(method_curves(data).items()):
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-", lw=1, color=f"C{(i + 1) % 10}", alpha=0.7,
-                label=f"{method}: best at each footprint")
+        ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="post", lw=1, color=f"C{(i + 1) % 10}",
+                alpha=0.7, label=f"{method}: best at each footprint")
     for r in front:
         ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
@@ -100,6 +138,16 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _save(fig, path, footer)
+
+
+def staircase(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Corner points of a front drawn as steps: each accuracy holds until the next, larger footprint."""
+    out = []
+    for i, (x, y) in enumerate(points):
+        if i:
+            out.append((x, points[i - 1][1]))
+        out.append((x, y))
+    return out
 
 
 def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
@@ -131,17 +179,18 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
     curves = method_curves(data)
     for i, (method, curve) in enumerate(curves.items()):
         c = colors[i % len(colors)]
-        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}" for x, y in curve)
+        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}" for x, y in staircase(curve))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-opacity="0.7"/>'
                      f'<text x="{w - m - 6}" y="{h - m - 8 - 14 * (len(curves) - 1 - i)}" text-anchor="end" fill="{c}">{html.escape(method)}: best at each size</text>')
     front = [r for r in data if r["pareto"]]
     if len(front) > 1:
-        pts = " ".join(f"{px(r['footprint_bytes']):.1f},{py(100 * r['val_acc']):.1f}" for r in front)
+        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}"
+                       for x, y in staircase([(r["footprint_bytes"], r["val_acc"]) for r in front]))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="#1f77b4"/>')
     for r in data:
         tip = html.escape(f"trial {r['trial']}: {r['label']}\nval {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%"
                           f"\nfootprint {r['footprint_bytes']:,.0f} B ({r['compression']:.1f}x smaller)")
-        color, opacity = ("#1f77b4", 1.0) if r["pareto"] else ("#888", 0.4)
+        color, opacity = ("#1f77b4", 1.0) if r["pareto"] else ("#888", 0.4) if r["feasible"] else ("#bbb", 0.3)
         parts.append(f'<circle cx="{px(r["footprint_bytes"]):.1f}" cy="{py(100 * r["val_acc"]):.1f}" r="5" '
                      f'fill="{color}" fill-opacity="{opacity}"><title>{tip}</title></circle>')
     if data:
@@ -151,7 +200,8 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
     table = "".join(f"<tr><td>{r['trial']}</td><td>{html.escape(r['label'])}</td><td>{100 * r['val_acc']:.2f}%</td>"
                     f"<td>{100 * r['test_acc']:.2f}%</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-            f"<h2>{html.escape(title)}</h2><p>Hover a point for its trial. Blue: Pareto front; grey: dominated; "
+            f"<h2>{html.escape(title)}</h2><p>Hover a point for its trial. Blue: Pareto front (feasible trials); grey: "
+            f"dominated; light grey: infeasible ({sum(not r['feasible'] for r in data)} trials below the accuracy floor); "
             f"star: dense base model.</p>{''.join(parts)}<table border='1' cellpadding='4'><tr><th>trial</th>"
             f"<th>configuration</th><th>val</th><th>test</th><th>footprint (B)</th></tr>{table}</table>"
             f"<p style='color:#666;font-size:11px'>{html.escape(footer)}</p></body></html>")

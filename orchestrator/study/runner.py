@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..pipeline import run_pipeline
+from .pareto import rows
 from .space import SearchSpace
 from .tracking import Tracker
 
@@ -245,7 +246,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     if len(duplicates) > max(10, space.budget.trials):
         log.warning("study %s: the sampler keeps proposing finished configurations (%d repeats); the space looks "
                     "exhausted", space.name, len(duplicates))
-    pareto_ids = {t.user_attrs.get("mlflow_run_id") for t in study.best_trials}
+    pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
     tracker.tag_pareto(pareto_ids, all_ids)

@@ -276,6 +276,7 @@ class SearchSpace(BaseModel):
             steps.append({"prune": prune})
         bits, act_bits = params.get("bits", 32), params.get("act_bits", 32)
         group_bits = {g: params.get(f"bits_{g}", b) for g, b in d.group_bits.items()}
+        group_bits = {g: b for g, b in group_bits.items() if isinstance(b, int)}  # a searched one the params lack
         if bits < 32 or act_bits < 32:
             q_epochs = params.get("quant_epochs", epochs)
             q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),

@@ -1,0 +1,182 @@
+"""Per-group allocation, composed trials, cheap recovery, constraints and repeats in studies."""
+
+import optuna
+import pytest
+import torch
+from pydantic import ValidationError
+
+from orchestrator.checkpoint import load_model
+from orchestrator.data import load_split
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import build_model, layer_groups
+from orchestrator.pruning import finalize_, prune_, sparsity
+from orchestrator.quant import QuantConfig
+from orchestrator.study import load_space, run_study
+from orchestrator.study.pareto import rows, staircase
+from orchestrator.study.runner import finished, per_trial_seed
+from orchestrator.train import TrainConfig, train
+from test_cli import one_line_error, run
+from test_study import in_tmp, space_file  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet20b", "vgg11", "mobilenetv2"])
+def test_layer_groups_cover_every_layer_once_in_network_order(arch):
+    model = build_model(arch)
+    groups = layer_groups(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [n for g in groups.values() for n in g] == names
+    assert list(groups)[-1] == "classifier"
+    if arch.startswith("resnet"):
+        assert list(groups) == ["stem", "stage1", "stage2", "stage3", "classifier"] and groups["stem"] == ["conv1"]
+        assert "layer2.0.shortcut.0" in groups["stage2"] or arch == "resnet20"
+
+
+def test_group_ratios_give_each_group_its_own_exact_sparsity():
+    model = build_model("resnet20")
+    sizes = {g: sum(model.get_submodule(n).weight.numel() for n in names) for g, names in layer_groups(model).items()}
+    model = finalize_(prune_(model, {"method": "global_magnitude", "ratio": 0.8,
+                                     "group_ratios": {"stage1": 0.5, "classifier": 0.0}}))
+    zeros = {g: sum(int((model.get_submodule(n).weight == 0).sum()) for n in names)
+             for g, names in layer_groups(model).items()}
+    assert zeros["stage1"] == round(0.5 * sizes["stage1"]) and zeros["classifier"] == 0
+    rest = sizes["stem"] + sizes["stage2"] + sizes["stage3"]
+    assert zeros["stem"] + zeros["stage2"] + zeros["stage3"] == round(0.8 * rest)
+    with pytest.raises(OrchestratorError, match="group 'stage7'.*groups: stem, stage1, stage2, stage3, classifier"):
+        prune_(build_model("resnet20"), {"method": "global_magnitude", "group_ratios": {"stage7": 0.5}})
+    with pytest.raises(ValidationError, match="group_ratios.stage1"):
+        prune_(build_model("resnet20"), {"method": "layer_magnitude", "group_ratios": {"stage1": 1.5}})
+
+
+def test_structured_group_ratios_follow_the_producing_layer():
+    model = prune_(build_model("resnet20"), {"method": "l1_filter", "ratio": 0.5,
+                                             "group_ratios": {"stage1": 0.25, "stage3": 0.0}})
+    assert model.widths["blocks"] == [[12, 12, 12], [16, 16, 16], [64, 64, 64]]
+
+
+def test_group_bits_set_the_bits_of_every_layer_of_the_group():
+    model = build_model("resnet20")
+    plan = QuantConfig(bits=4, group_bits={"stage3": 2, "stem": 6}).plan(model)
+    groups = layer_groups(model)
+    assert {plan[n] for n in groups["stage3"]} == {("int", 2)} and plan["conv1"] == ("int", 6)
+    assert {plan[n] for n in groups["stage1"]} == {("int", 4)} and plan["linear"] == ("int", 8)  # ends_bits
+    with pytest.raises(OrchestratorError, match="group_bits names group 'head'"):
+        QuantConfig(group_bits={"head": 4}).plan(model)
+
+
+def test_a_fraction_of_an_epoch_runs_that_share_of_the_steps(cifar10_dir):
+    split = load_split("cifar10", "train", cifar10_dir)  # 100 images: 10 batches of 10
+    calls = []
+
+    def loss_fn(logits, y, x):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for epochs, steps in ((0.25, 2), (0.01, 1), (1.5, 15)):
+        calls.clear()
+        history = train(build_model("resnet8", width_mult=0.25), split, TrainConfig(epochs=epochs, batch_size=10),
+                        norm, progress=False, loss_fn=loss_fn)
+        assert len(calls) == steps and len(history) == -(-steps // 10)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValidationError, match="epochs"):
+            TrainConfig(epochs=bad)
+
+
+def test_space_keys_are_checked_before_any_trial(tmp_path, base, cifar10_dir):
+    for over, pattern in (({"ratio": {"low": 0.5, "high": 0.9, "step": 0.07}}, "step=0.07 does not divide"),
+                          ({"finetune_epochs": [-0.5]}, "finetune_epochs must be epochs >= 0"),
+                          ({"group_bits": {"stage1": 12}}, "group_bits.stage1"),
+                          ({"group_scale": {"stage1": []}}, "group_scale.stage1"),
+                          ({"channels": {"method": "global_magnitude"}}, "not a structured method")):
+        one_line_error(run("study", "run", space_file(tmp_path, base, dimensions=over), "--data-dir", cifar10_dir),
+                       pattern)
+    for over, pattern in (({"max_accuracy_drop": 0}, "max_accuracy_drop"), ({"max_accuracy_drop": 1.5}, "max_accuracy_drop"),
+                          ({"min_acc": 0.5}, "min_acc")):
+        one_line_error(run("study", "run", space_file(tmp_path, base, constraints=over), "--data-dir", cifar10_dir),
+                       pattern)
+    # a group the base model does not have: named with its key, before the study exists
+    path = space_file(tmp_path, base, dimensions={"method": ["global_magnitude"], "group_scale": {"stage9": [1.0]}})
+    one_line_error(run("study", "run", path, "--data-dir", cifar10_dir, "--storage", f"sqlite:///{tmp_path}/o.db"),
+                   "dimensions.group_scale.stage9")
+    assert not (tmp_path / "o.db").exists()
+    one_line_error(run("study", "run", space_file(tmp_path, base), "--data-dir", tmp_path / "nowhere",
+                       "--storage", f"sqlite:///{tmp_path}/o.db"), "nowhere")
+    assert not (tmp_path / "o.db").exists()
+
+
+def test_a_composed_trial_is_channels_then_sparsity_then_quantization(tmp_path, base):
+    space = load_space(space_file(tmp_path, base, dimensions={
+        "method": ["global_magnitude"], "ratio": {"low": 0.5, "high": 0.9, "step": 0.05},
+        "group_scale": {"stage1": [0.5], "stage3": [1.5]}, "finetune_epochs": [0.25], "quant_epochs": [0.5],
+        "kd": [True], "bits": [4], "group_bits": {"stage3": [2, 3]}, "act_bits": [6],
+        "channels": {"method": "l1_filter", "ratio": [0.25], "finetune_epochs": [0.1]}}))
+    trial = optuna.trial.FixedTrial({"method": "global_magnitude", "ratio": 0.8, "scale_stage1": 0.5,
+                                     "scale_stage3": 1.5, "channel_ratio": 0.25, "channel_epochs": 0.1,
+                                     "finetune_epochs": 0.25, "quant_epochs": 0.5, "kd": True, "bits": 4,
+                                     "bits_stage3": 3, "act_bits": 6})
+    steps = space.suggest(trial).model_dump()["steps"]
+    (c,), (p,), (q,) = (s.values() for s in steps)
+    assert [list(s) for s in steps] == [["prune"], ["prune"], ["quantize"]]
+    assert c["method"] == "l1_filter" and c["ratio"] == 0.25 and c["finetune"]["epochs"] == 0.1
+    assert p["ratio"] == 0.8 and p["group_ratios"] == {"stage1": 0.4, "stage3": 0.98}  # 1.2 capped
+    assert p["finetune"]["epochs"] == 0.25 and p["finetune"]["kd"] == {}
+    assert q["method"] == "qat" and q["finetune"]["epochs"] == 0.5 and q["bits"] == 4 and q["act_bits"] == 6
+    assert q["group_bits"] == {"stage3": 3}
+    # "none" ignores its ratio: two such trials are one pipeline, so a repeat is recognised
+    a = space.pipeline({"method": "none", "ratio": 0.5, "bits": 4, "act_bits": 32, "quant_epochs": 0})
+    b = space.pipeline({"method": "none", "ratio": 0.9, "bits": 4, "act_bits": 32, "quant_epochs": 0})
+    assert a == b and a.steps == [{"quantize": {**a.steps[0]["quantize"], "method": "ptq"}}]
+
+
+def test_per_trial_seeds_differ_between_trials_and_repeat_for_the_same_number():
+    def first_params(seed, numbers):
+        sampler = per_trial_seed(optuna.samplers.RandomSampler(seed=seed), seed)
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for n in numbers:
+            while len(study.trials) < n:  # advance the trial counter without sampling
+                study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.0))
+            t = study.ask()
+            out.append(t.suggest_float("x", 0, 1))
+            study.tell(t, 0.0)
+        return out
+
+    a, b = first_params(0, [0, 5]), first_params(0, [0, 5])
+    assert a == b and a[0] != a[1]
+    assert first_params(1, [0])[0] != a[0]
+
+
+def test_repeats_cost_no_budget_and_infeasible_trials_stay_off_the_front(base, cifar10_dir, in_tmp):
+    # one unstructured method at two ratios and the dense base: at most 3 distinct pipelines for a budget of 3;
+    # the random sampler proposes repeats, which are answered from the first run's record
+    path = space_file(in_tmp, base, dimensions={"method": ["none", "global_magnitude"], "ratio": [0.3, 0.95],
+                                                "finetune_epochs": [0], "bits": [32], "act_bits": [32]},
+                      constraints={"max_accuracy_drop": 0.0001}, budget={"trials": 3})
+    st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir,
+                   out_dir=in_tmp / "s", tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    complete = [t for t in st.trials if t.state.name == "COMPLETE"]
+    originals = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    repeats = [t for t in complete if "duplicate_of" in t.user_attrs]
+    assert finished(st) == len(originals) == 3 and len(complete) == 3 + len(repeats) and repeats
+    pipelines = [str(t.user_attrs["pipeline"]) for t in originals]
+    assert len(set(pipelines)) == 3
+    for t in repeats:
+        same = st.trials[t.user_attrs["duplicate_of"]]
+        assert t.values == same.values and t.user_attrs["test_acc"] == same.user_attrs["test_acc"]
+    table = rows(st)
+    assert len(table) == 3  # repeats are not plotted twice
+    base_val = table[0]["base_val_acc"]
+    for r in table:
+        assert r["feasible"] == (base_val - r["val_acc"] <= 0.0001)
+        assert not r["pareto"] or r["feasible"]
+    assert any(r["pareto"] for r in table)  # the dense base is always feasible
+    # the realized allocation is recorded with every trial
+    pruned = [r for r in table if r["method"] == "global_magnitude"]
+    assert pruned and all(set(r["realized"]["sparsity"]) == {"stem", "stage1", "stage2", "stage3", "classifier"}
+                          for r in pruned)
+    model, _ = load_model(st.trials[pruned[0]["trial"]].user_attrs["checkpoint"])
+    assert abs(sparsity(model)["total"] - pruned[0]["ratio"]) < 0.01
+
+
+def test_staircase_holds_each_accuracy_until_the_next_point():
+    assert staircase([(1, 0.5), (2, 0.7), (4, 0.8)]) == [(1, 0.5), (2, 0.5), (2, 0.7), (4, 0.7), (4, 0.8)]
