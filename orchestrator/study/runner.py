@@ -120,8 +120,13 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
             return optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space))
         except KeyError:
             raise OrchestratorError(f"no study named {space.name!r} in {storage}") from None
-    return optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
-                               directions=space.directions(), load_if_exists=True)
+    study = optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
+                                directions=space.directions(), load_if_exists=True)
+    if space.sampler.start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
+        study.set_user_attr("start_enqueued", True)
+        for point in space.sampler.start:
+            study.enqueue_trial(point, skip_if_exists=True)
+    return study
 
 
 def finished(study) -> int:

@@ -158,6 +158,8 @@ class Sampler(BaseModel):
     name: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
     seed: int = Field(0, ge=0)
     population: int = Field(8, ge=2)  # NSGA-II generation size
+    start: list[dict[str, float | int | bool | str]] = []  # points (every parameter given) a new study runs
+    # first: known-good configurations, so the first generation is not all random
 
 
 class Budget(BaseModel):
@@ -198,17 +200,41 @@ class SearchSpace(BaseModel):
                 raise OrchestratorError(f"dimensions.{key}.{unknown[0]}: the base {self.base} ({model.arch}) has no "
                                         f"layer group {unknown[0]!r}; groups: {', '.join(groups)}")
 
-    def grid(self) -> dict[str, list]:
+    def params(self) -> dict[str, list | Range]:
+        """Every Optuna parameter of the space, by name, with its choices (a list) or range."""
         d = self.dimensions
-        if not isinstance(d.ratio, list) or (d.channels and not isinstance(d.channels.ratio, list)):
-            raise OrchestratorError("the grid sampler needs ratio as a list of values, not a range")
-        grid = {"method": d.method, "ratio": d.ratio, **{f"scale_{g}": v for g, v in d.group_scale.items()}}
+        out = {"method": d.method, "ratio": d.ratio, **{f"scale_{g}": v for g, v in d.group_scale.items()}}
         if d.channels:
-            grid.update(channel_ratio=d.channels.ratio, channel_epochs=d.channels.finetune_epochs)
-        grid.update(finetune_epochs=d.finetune_epochs, kd=d.kd, bits=d.bits, act_bits=d.act_bits)
+            out.update(channel_ratio=d.channels.ratio, channel_epochs=d.channels.finetune_epochs)
+        out["finetune_epochs"] = d.finetune_epochs
         if d.quant_epochs is not None:
-            grid["quant_epochs"] = d.quant_epochs
-        grid.update({f"bits_{g}": b for g, b in d.group_bits.items() if isinstance(b, list)})
+            out["quant_epochs"] = d.quant_epochs
+        out.update(kd=d.kd, bits=d.bits)
+        out.update({f"bits_{g}": b for g, b in d.group_bits.items() if isinstance(b, list)})
+        out["act_bits"] = d.act_bits
+        return out
+
+    @model_validator(mode="after")
+    def _start_points(self):
+        params = self.params()
+        for i, point in enumerate(self.sampler.start):
+            for k, v in point.items():
+                if k not in params:
+                    raise ValueError(f"sampler.start[{i}].{k} is not a parameter of this space; allowed: "
+                                     f"{', '.join(params)}")
+                choices = params[k]
+                ok = (choices.low <= v <= choices.high) if isinstance(choices, Range) else v in choices
+                if not ok:
+                    raise ValueError(f"sampler.start[{i}].{k}={v!r} is outside the space: {choices}")
+            missing = [k for k in params if k not in point]
+            if missing:
+                raise ValueError(f"sampler.start[{i}] lacks {', '.join(missing)}")
+        return self
+
+    def grid(self) -> dict[str, list]:
+        grid = self.params()
+        if any(isinstance(v, Range) for v in grid.values()):
+            raise OrchestratorError("the grid sampler needs ratio as a list of values, not a range")
         return grid
 
     def suggest(self, trial) -> PipelineConfig:
@@ -271,7 +297,8 @@ class SearchSpace(BaseModel):
         if method != "none":
             prune = {"method": method, "ratio": r, "finetune": ft(epochs)}
             scales = {g: params[f"scale_{g}"] for g in d.group_scale if f"scale_{g}" in params}
-            if scales:  # a global ratio times per-group multipliers: few dimensions, per-layer allocation
+            if scales and "group_ratios" in METHODS[method][0].model_fields:  # a global ratio times per-group
+                # multipliers: few dimensions, per-layer allocation (methods without group ratios ignore them)
                 prune["group_ratios"] = {g: round(min(MAX_GROUP_RATIO, r * s), 4) for g, s in scales.items()}
             steps.append({"prune": prune})
         bits, act_bits = params.get("bits", 32), params.get("act_bits", 32)
