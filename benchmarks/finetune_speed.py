@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.models import build_model
-from orchestrator.pruning import prune_
+from orchestrator.pruning import finalize_, prune_
 from orchestrator.quant.fake import fake_quantize_weight_
 from orchestrator.pruning.core import prunable_layers
 
@@ -32,8 +32,10 @@ def variants(args, device):
     out = {}
     for fmt in ("contiguous", "channels_last"):
         mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        student = prune_(copy.deepcopy(base), {"method": "global_magnitude", "ratio": 0.7}).to(memory_format=mf)
-        qat = copy.deepcopy(student)
+        def pruned():
+            return prune_(copy.deepcopy(base), {"method": "global_magnitude", "ratio": 0.7}).to(memory_format=mf)
+
+        student, qat = pruned(), finalize_(pruned())
         for module in prunable_layers(qat).values():
             fake_quantize_weight_(module, "int", 4)
         t = copy.deepcopy(teacher).to(memory_format=mf)
@@ -42,7 +44,7 @@ def variants(args, device):
         for bs in args.eval_batches:
             out[f"eval b{bs} {fmt}"] = ("eval", copy.deepcopy(base).eval().to(memory_format=mf), None, mf, bs)
         if args.compile:
-            out[f"train compiled {fmt}"] = ("train", torch.compile(copy.deepcopy(student)), None, mf, args.batch_size)
+            out[f"train compiled {fmt}"] = ("train", torch.compile(pruned()), None, mf, args.batch_size)
     return out
 
 

@@ -233,7 +233,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
 
 def _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
     data = PruneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
-                     progress=progress, work_dir=work / f"step{i}", teacher=teacher)
+                     progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
     t0 = time.perf_counter()
     if name == "prune":
         model = finalize_(prune_(model, cfg, data))

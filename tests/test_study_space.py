@@ -146,14 +146,28 @@ def test_per_trial_seeds_differ_between_trials_and_repeat_for_the_same_number():
     assert first_params(1, [0])[0] != a[0]
 
 
+START = {"method": "global_magnitude", "ratio": 0.95, "finetune_epochs": 0, "kd": False, "bits": 32, "act_bits": 32}
+
+
+def test_start_points_must_lie_in_the_space(tmp_path, base):
+    dims = {"method": ["global_magnitude"], "ratio": {"low": 0.5, "high": 0.9, "step": 0.1}}
+    for point, pattern in (({**START, "ratio": 0.95}, r"start\[0\].ratio=0.95 is outside"),
+                           ({**START, "colour": 1}, r"start\[0\].colour is not a parameter"),
+                           ({"method": "global_magnitude"}, r"start\[0\] lacks ratio")):
+        with pytest.raises(ValidationError, match=pattern):
+            load_space(space_file(tmp_path, base, dimensions=dims, sampler={"start": [point]}))
+
+
 def test_repeats_cost_no_budget_and_infeasible_trials_stay_off_the_front(base, cifar10_dir, in_tmp):
     # one unstructured method at two ratios and the dense base: at most 3 distinct pipelines for a budget of 3;
     # the random sampler proposes repeats, which are answered from the first run's record
     path = space_file(in_tmp, base, dimensions={"method": ["none", "global_magnitude"], "ratio": [0.3, 0.95],
                                                 "finetune_epochs": [0], "bits": [32], "act_bits": [32]},
-                      constraints={"max_accuracy_drop": 0.0001}, budget={"trials": 3})
+                      constraints={"max_accuracy_drop": 0.0001}, budget={"trials": 3},
+                      sampler={"name": "random", "seed": 0, "start": [START]})
     st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir,
                    out_dir=in_tmp / "s", tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    assert st.trials[0].params == START  # the start point runs first
     complete = [t for t in st.trials if t.state.name == "COMPLETE"]
     originals = [t for t in complete if "duplicate_of" not in t.user_attrs]
     repeats = [t for t in complete if "duplicate_of" in t.user_attrs]

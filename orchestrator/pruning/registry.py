@@ -65,6 +65,7 @@ class PruneData:
     progress: bool = False
     work_dir: Path | None = None  # state files of interrupted retraining live here
     teacher: nn.Module | None = None  # for fine-tunes with `kd`
+    eval_each_epoch: bool = True  # evaluate `val` after every fine-tune epoch (a pipeline evaluates each step itself)
     log: list[dict] = field(default_factory=list)  # what each step did (rounds, accuracies), for the record
 
     def require(self, what: str, method: str) -> Split:
@@ -144,7 +145,7 @@ def finetune(model: nn.Module, config: FinetuneConfig, data: PruneData | None, t
     if data.work_dir:
         Path(data.work_dir).mkdir(parents=True, exist_ok=True)
         state = Path(data.work_dir) / f"{tag}.state"
-    history = train(model, split, tc, data.normalization, eval_split=data.val,
+    history = train(model, split, tc, data.normalization, eval_split=data.val if data.eval_each_epoch else None,
                     device=data.device, progress=data.progress, state_path=state, loss_fn=loss_fn)
     data.log.append({"step": tag, "epochs": config.epochs, **({k: history[-1][k] for k in ("train_loss", "eval_acc")
                                                                 if k in history[-1]} if history else {})})
