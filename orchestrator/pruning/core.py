@@ -60,6 +60,7 @@ def random_scores(layers: dict[str, nn.Module], seed: int = 0) -> dict[str, torc
 # selection -------------------------------------------------------------------------------------
 
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    scores = scores.cpu()  # masks are built on the CPU whatever the model's device (apply_masks_ moves them)
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     if keep > 0:
         mask[torch.topk(scores.reshape(-1).float(), keep, sorted=False).indices] = True
@@ -75,7 +76,7 @@ def select_global(scores: dict[str, torch.Tensor], ratio: float, min_keep: int =
     total = sum(s.numel() for s in scores.values())
     keep_total = total - round(ratio * total)
     reserved = {n: _keep_top(s, min(min_keep, s.numel())) for n, s in scores.items()}
-    flat = torch.cat([s.reshape(-1).float().masked_fill(reserved[n].reshape(-1), math.inf)
+    flat = torch.cat([s.reshape(-1).float().cpu().masked_fill(reserved[n].reshape(-1), math.inf)
                       for n, s in scores.items()])
     keep_total = max(keep_total, sum(int(r.sum()) for r in reserved.values()))
     kept = torch.zeros(total, dtype=torch.bool)
