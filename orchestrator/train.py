@@ -181,8 +181,9 @@ def train(model: nn.Module, train_split: Split, config: TrainConfig, normalizati
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y, label_smoothing=config.label_smoothing))
     dtype = _amp_dtype(config, device)
     total = total_steps(config.epochs, len(loader))
-    bar = Progress(math.ceil(config.epochs), len(loader), enabled=progress)
-    for epoch in range(start, math.ceil(config.epochs)):
+    epochs = math.ceil(total / len(loader))  # the last one partial for a fraction (never an empty one)
+    bar = Progress(epochs, len(loader), enabled=progress)
+    for epoch in range(start, epochs):
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)

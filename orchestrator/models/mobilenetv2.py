@@ -76,9 +76,9 @@ class CifarMobileNetV2(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, widths.stem, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths.stem), nn.ReLU6(inplace=True))
         blocks, in_ch = [], widths.stem
-        self.stage_of = []  # block index -> stage (1-based): a new stage starts where the output width changes
+        # block index -> stage (1-based): the reference's rows (t, c, n, s), whatever the widths
+        self.stage_of = [k + 1 for k, (_, _, n, _) in enumerate(BASE_CONFIG) for _ in range(n)]
         for w in widths.blocks:
-            self.stage_of.append(self.stage_of[-1] + (w.out != in_ch or w.stride != 1) if self.stage_of else 1)
             blocks.append(InvertedResidual(in_ch, w))
             in_ch = w.out
         self.blocks = nn.Sequential(*blocks)
@@ -96,4 +96,7 @@ class CifarMobileNetV2(nn.Module):
     def layer_group(self, name: str) -> str:
         """stem, stage1..7, head or classifier: the units per-group ratios and bits name."""
         top = name.split(".")[0]
-        return f"stage{self.stage_of[int(name.split('.')[1])]}" if top == "blocks" else top
+        if top != "blocks":
+            return top
+        i = int(name.split(".")[1])
+        return f"stage{self.stage_of[i]}" if i < len(self.stage_of) else "blocks"

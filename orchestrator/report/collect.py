@@ -102,9 +102,11 @@ def collect(study, space) -> dict:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            originals = optuna.create_study(directions=study.directions)  # repeats are not observations
+            originals.add_trials([trials[r["trial"]] for r in data])
             for i, objective in enumerate(space.objectives):
                 importances[objective] = optuna.importance.get_param_importances(
-                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                    originals, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                     target=lambda t, i=i: t.values[i])
     except Exception as exc:  # too few or too uniform trials
         importances = {"unavailable": str(exc).splitlines()[0][:120]}

@@ -53,17 +53,20 @@ def rows(study) -> list[dict]:
                     "compression": a.get("compression"), "base_val_acc": a.get("base_val_acc"),
                     "base_test_acc": a.get("base_test_acc"), "base_footprint_bytes": a.get("base_total_bits", 0) / 8,
                     "realized": a.get("realized"), "mlflow_run_id": a.get("mlflow_run_id")})
-    front = {r["trial"] for r in non_dominated([r for r in out if r["feasible"]])}
+    signs = [1 if d.name == "MAXIMIZE" else -1 for d in study.directions]
+    by_number = {t.number: [s * v for s, v in zip(signs, t.values)] for t in trials}  # larger is better
+    front = set(non_dominated([r["trial"] for r in out if r["feasible"]], by_number))
     for r in out:
         r["pareto"] = r["trial"] in front
     return sorted(out, key=lambda r: r["footprint_bytes"])
 
 
-def non_dominated(rs: list[dict]) -> list[dict]:
-    """Rows no other row beats on both validation accuracy (higher) and footprint (smaller)."""
-    return [r for r in rs if not any(o["val_acc"] >= r["val_acc"] and o["footprint_bytes"] <= r["footprint_bytes"]
-                                     and (o["val_acc"], o["footprint_bytes"]) != (r["val_acc"], r["footprint_bytes"])
-                                     for o in rs)]
+def non_dominated(keys: list, values: dict) -> list:
+    """The keys whose objective vectors (`values[key]`, larger is better) no other key's dominates."""
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and a != b
+
+    return [k for k in keys if not any(dominates(values[o], values[k]) for o in keys)]
 
 
 def envelope(rs: list[dict]) -> list[tuple[float, float]]:

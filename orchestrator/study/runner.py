@@ -184,12 +184,21 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         log.warning("study %s: %s", space.name, warning)
 
     def objective(trial):
+        try:
+            return run_trial(trial)
+        except Exception as exc:  # any failure is recorded with its reason and counts against the budget
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            raise
+
+    def run_trial(trial):
         pipeline = space.suggest(trial)
         trial.set_user_attr("pipeline", pipeline.model_dump())
         same = same_pipeline(study, pipeline.model_dump())
-        if same is not None:  # answered from its record: no budget, no run, no MLflow entry
+        if same is not None:  # answered from its record: no budget, no run, no MLflow entry, no files
             for k, v in same.user_attrs.items():
-                if k != "pipeline":
+                if k not in ("pipeline", "mlflow_run_id", "checkpoint", "export"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("duplicate_of", same.number)
             for k, v in same.constraints.items():
@@ -243,14 +252,14 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             break
-        before = len(study.trials)
-        study.optimize(objective, n_trials=target - finished(study), timeout=left, catch=(Exception,),
+        before, repeats = finished(study), len(duplicates)
+        study.optimize(objective, n_trials=target - before, timeout=left, catch=(Exception,),
                        callbacks=[stop_at_budget])
-        if len(study.trials) == before or finished(study) >= space.budget.trials:
-            break  # the sampler stopped (an exhausted grid) or the budget is spent
-    if len(duplicates) > max(10, space.budget.trials):
-        log.warning("study %s: the sampler keeps proposing finished configurations (%d repeats); the space looks "
-                    "exhausted", space.name, len(duplicates))
+        if finished(study) == before and len(duplicates) == repeats:
+            break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
+    if finished(study) < target and len(duplicates) > max(10, space.budget.trials):
+        log.warning("study %s: stopped with %d of %d trials: the sampler keeps proposing finished configurations "
+                    "(%d repeats); the space looks exhausted", space.name, finished(study), target, len(duplicates))
     pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]

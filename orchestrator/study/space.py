@@ -42,7 +42,7 @@ class Range(BaseModel):
         return self
 
 
-def _positive_fractions(v: list[float], key: str) -> list[float]:
+def _positive_fractions(v: list, key: str) -> list:
     if any(not 0 <= e <= 1000 for e in v):
         raise ValueError(f"{key} must be epochs >= 0 (fractions allowed, 0: none), got {v}")
     return v
@@ -60,7 +60,7 @@ class Channels(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str = "l1_filter"  # a structured method
     ratio: Range | list[float] = [0.0, 0.25, 0.5]  # fraction of each block's inner channels removed (0: step skipped)
-    finetune_epochs: list[float] = Field([0.0], min_length=1)  # its own fine-tune budget (epochs, fractions allowed)
+    finetune_epochs: list[int | float] = Field([0], min_length=1)  # its own fine-tune budget (epochs, fractions allowed)
 
     @field_validator("method")
     @classmethod
@@ -85,8 +85,8 @@ class Dimensions(BaseModel):
     method: list[str] = Field(["none", "global_magnitude"], min_length=1)  # "none": no pruning
     ratio: Range | list[float] = Range(low=0.3, high=0.9)  # a range (optionally on a grid step), or grid values
     group_scale: dict[str, list[float]] = {}  # per layer group: multipliers of `ratio` searched for that group
-    finetune_epochs: list[float] = Field([0], min_length=1)  # after pruning (epochs; fractions like 0.25 allowed)
-    quant_epochs: list[float] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
+    finetune_epochs: list[int | float] = Field([0], min_length=1)  # after pruning (epochs; fractions like 0.25 allowed)
+    quant_epochs: list[int | float] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
     kd: list[bool] = Field([False], min_length=1)  # distill from the base model in every fine-tune
     bits: list[int] = Field([32], min_length=1)  # weight bits: 32 float, 16 fp16, 2..8 int, 1 binary
     group_bits: dict[str, int | list[int]] = {}  # per layer group: fixed int bits, or a list searched
@@ -233,8 +233,11 @@ class SearchSpace(BaseModel):
 
     def grid(self) -> dict[str, list]:
         grid = self.params()
-        if any(isinstance(v, Range) for v in grid.values()):
-            raise OrchestratorError("the grid sampler needs ratio as a list of values, not a range")
+        for k, v in grid.items():
+            if isinstance(v, Range):
+                if v.step is None:
+                    raise OrchestratorError(f"the grid sampler needs {k} as a list of values or a range with a step")
+                grid[k] = [round(v.low + i * v.step, 6) for i in range(round((v.high - v.low) / v.step) + 1)]
         return grid
 
     def suggest(self, trial) -> PipelineConfig:
