@@ -42,7 +42,6 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     kds = {"both": [False, True], "on": [True], "off": [False]}[args.kd]
     points = [(0.0, False)] + [(e, kd) for e in args.epochs for kd in kds]
-    rows = []
     for epochs, kd in points:
         name = f"e{epochs:g}{'-kd' if kd else ''}"
         record = out / f"{name}.json"
@@ -51,12 +50,17 @@ def main():
         else:
             result = run_pipeline(pipeline(args, epochs, kd), data_dir=args.data_dir, out=out / f"{name}.pt",
                                   cache_dir=out / "cache")
-        base, pruned, final = result["steps"][0], result["steps"][1], result["final"]
-        minutes = sum(s["seconds"] for s in result["steps"][1:]) / 60
-        rows.append({"epochs": epochs, "kd": kd, "pruned_val": pruned["eval_acc"], "val": result["steps"][-1]["eval_acc"],
-                     "test": final["test_acc"], "base_test": final["base_test_acc"], "minutes": minutes,
-                     "compression": final["compression"]})
-        print(json.dumps(rows[-1]), flush=True)
+        print(name, json.dumps(result["final"]["test_acc"]), flush=True)
+    rows = []  # every point finished in this folder, also by earlier invocations with other --epochs/--kd
+    for record in out.glob("e*.json"):
+        result = json.loads(record.read_text())
+        ft = result["pipeline"]["steps"][0]["prune"]["finetune"]
+        pruned, final = result["steps"][1], result["final"]
+        rows.append({"epochs": ft["epochs"], "kd": ft.get("kd") is not None, "pruned_val": pruned["eval_acc"],
+                     "val": result["steps"][-1]["eval_acc"], "test": final["test_acc"],
+                     "base_test": final["base_test_acc"], "compression": final["compression"],
+                     "minutes": sum(s["seconds"] for s in result["steps"][1:]) / 60})
+    rows.sort(key=lambda r: (r["epochs"], r["kd"]))
     ref = rows[0]
     lines = [f"global magnitude {args.ratio:.0%} + W{args.bits}A{args.act_bits} on {args.base}; base test "
              f"{100 * ref['base_test']:.2f}%; E epochs of fine-tune after pruning and E of QAT (lr {args.lr}, cosine)",
