@@ -48,6 +48,12 @@ def _positive_fractions(v: list, key: str) -> list:
     return v
 
 
+def _ratio_values(v):
+    if isinstance(v, list) and (not v or any(not 0 <= r < 1 for r in v)):
+        raise ValueError(f"ratio values must be in [0, 1), got {v}")
+    return v
+
+
 def _check_bits(v: list[int]) -> list[int]:
     if any(b not in (1, 16, 32) and not 2 <= b <= 8 for b in v):
         raise ValueError(f"bits must be 32, 16, 2..8 or 1, got {v}")
@@ -70,12 +76,7 @@ class Channels(BaseModel):
                              + ", ".join(m for m, (c, _) in METHODS.items() if c.structured))
         return v
 
-    @field_validator("ratio")
-    @classmethod
-    def _ratios(cls, v):
-        if isinstance(v, list) and (not v or any(not 0 <= r < 1 for r in v)):
-            raise ValueError(f"ratio values must be in [0, 1), got {v}")
-        return v
+    _ratios = field_validator("ratio")(lambda v: _ratio_values(v))
 
     _epochs = field_validator("finetune_epochs")(lambda v: _positive_fractions(v, "finetune_epochs"))
 
@@ -101,12 +102,7 @@ class Dimensions(BaseModel):
             raise ValueError(f"unknown method {bad[0]!r}; allowed: none, {', '.join(METHODS)}")
         return v
 
-    @field_validator("ratio")
-    @classmethod
-    def _ratios(cls, v):
-        if isinstance(v, list) and (not v or any(not 0 <= r < 1 for r in v)):
-            raise ValueError(f"ratio values must be in [0, 1), got {v}")
-        return v
+    _ratios = field_validator("ratio")(lambda v: _ratio_values(v))
 
     @field_validator("group_scale")
     @classmethod
