@@ -55,7 +55,7 @@ class Checkpoint:
                     module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
             if "act_bits" in q:
                 attach_act_quant_(module, q["act_bits"])
-                model.act_bits = q["act_bits"]
+                model.act_bits = max(q["act_bits"], getattr(model, "act_bits", 0))
         _load_state(model, self.state_dict)
         return model.to(device).eval()
 

@@ -103,15 +103,18 @@ def _sizes(model: nn.Module, act_bits: int | None) -> dict:
 
 
 def realized(model: nn.Module) -> dict:
-    """What the model ended up as, per layer group: sparsity, weight bits, and the width spec."""
-    zeros, sizes, bits = {}, {}, {}
+    """What the model ended up as, per layer group: sparsity, weight and activation bits, the width spec."""
+    zeros, sizes, bits, acts = {}, {}, {}, {}
     layers = prunable_layers(model)
     for group, names in layer_groups(model).items():
         ws = [effective_weight(layers[n]) for n in names]
         zeros[group], sizes[group] = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
         bits[group] = sorted({getattr(layers[n], "weight_bits", 32) for n in names})
+        acts[group] = sorted({layers[n].act_quant.bits for n in names if hasattr(layers[n], "act_quant")})
+    one = lambda b: b[0] if len(b) == 1 else b  # noqa: E731
     return {"sparsity": {g: round(zeros[g] / sizes[g], 4) for g in sizes},
-            "bits": {g: b[0] if len(b) == 1 else b for g, b in bits.items()},
+            "bits": {g: one(b) for g, b in bits.items()},
+            **({"act_bits": {g: one(b) for g, b in acts.items() if b}} if any(acts.values()) else {}),
             "widths": getattr(model, "widths", None)}
 
 

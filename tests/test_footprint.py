@@ -188,3 +188,16 @@ def test_bad_inputs(tmp_path):
         measure(Toy(), act_bits=0)
     with pytest.raises(OrchestratorError, match="no parameters"):
         measure(nn.ReLU())
+
+
+def test_mixed_activation_bits_store_each_map_at_its_widest_quantized_reader():
+    from orchestrator.quant.fake import attach_act_quant_
+    model = Residual()
+    attach_act_quant_(model.conv1, 4)  # x is read by conv1 only (and the add): stored at 4 bits
+    attach_act_quant_(model.conv2, 8)  # relu(conv1(x)) is read by conv2: 8 bits
+    model.act_bits = 8  # conv2's output, read by no quantized layer: the model's widest
+    fp = measure(model)
+    assert fp.activation_peak_bits == 3 * MAP * (4 + 8 + 8) and fp.activation_peak_at == "conv2"
+    assert fp.activation_sum_bits == 3 * MAP * (4 + 8 + 8)
+    model.conv1.act_quant.bits = 8  # one bit-width again: the uniform rule, unchanged
+    assert measure(model).activation_peak_bits == 3 * (3 * MAP) * 8

@@ -128,3 +128,31 @@ def test_export_carries_activation_quantization_and_reproduces_outputs(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_group_activation_bits_quantize_each_group_and_survive_checkpoint_and_export(tmp_path):
+    from orchestrator.footprint.export import export, load_export
+    from orchestrator.pipeline import realized
+    model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+    quantize_(model, {"bits": 4, "act_bits": 8, "group_act_bits": {"stage1": 4}, "calibration_images": 16},
+              toy_data())
+    assert model.layer1[0].conv2.act_quant.bits == 4 and model.layer2[0].conv1.act_quant.bits == 8
+    assert model.act_bits == 8 and realized(model)["act_bits"] == {"stage1": 4, "stage2": 8, "stage3": 8,
+                                                                   "classifier": 8}
+    fp, uniform = measure(model), measure(model, act_bits=8)
+    assert fp.activation_peak_bits < uniform.activation_peak_bits
+    x = torch.randn(2, 3, 32, 32)
+    save_checkpoint(tmp_path / "q.pt", from_model(model, "cifar10", NORM))
+    loaded, _ = load_model(tmp_path / "q.pt")
+    export(model, tmp_path / "m.orcx", dataset="cifar10", normalization=NORM)
+    exported, _ = load_export(tmp_path / "m.orcx")
+    for other in (loaded, exported):
+        assert other.act_bits == 8 and measure(other).activation_peak_bits == fp.activation_peak_bits
+        with torch.no_grad():
+            assert torch.equal(other(x), model(x))
+    with pytest.raises(OrchestratorError, match="group_act_bits names group 'stage7'"):
+        quantize_(copy.deepcopy(model), {"act_bits": 8, "group_act_bits": {"stage7": 4}}, toy_data())
+    with pytest.raises(OrchestratorError, match="group_act_bits needs act_bits"):
+        quantize_(build_model("resnet8"), {"group_act_bits": {"stage1": 4}}, toy_data())
+    with pytest.raises(Exception, match="group_act_bits.stage1"):
+        QuantConfig(act_bits=8, group_act_bits={"stage1": 1})

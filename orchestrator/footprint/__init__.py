@@ -67,15 +67,17 @@ class Footprint(BaseModel):
 def measure(model: nn.Module, batch: int = 1, act_bits: int | None = None) -> Footprint:
     """Footprint of `model` for one inference of `batch` images with `act_bits`-bit activations.
 
-    `act_bits` defaults to the model's own (`model.act_bits`, set by activation quantization), else 32.
+    `act_bits` defaults to the model's own (`model.act_bits`, set by activation quantization), else 32;
+    with the default, a model whose layers quantize activations to different bits is accounted map by map.
     """
+    mixed = act_bits is None
     act_bits = getattr(model, "act_bits", 32) if act_bits is None else act_bits
     check_inputs(batch, act_bits)
     rows = parameter_rows(model)
     if not rows:
         raise OrchestratorError(f"{type(model).__name__} has no parameters to account for")
     gm = trace(model, batch)
-    act = activation_report(model, batch, act_bits, gm)
+    act = activation_report(model, batch, act_bits, gm, mixed)
     macs = layer_macs(gm, model)
     tensors = []
     for row in rows:

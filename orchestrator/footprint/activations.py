@@ -8,6 +8,9 @@ inference runtime, stated so the numbers can be checked by hand):
 - views (flatten, reshape, slicing, ...) share their input's buffer;
 - an elementwise op (BN, ReLU/ReLU6, add, mul, dropout) writes into an input buffer of the same
   shape whose last reader it is (BN folded, in-place activations); otherwise it allocates.
+- each buffer is stored at `bits`; in a mixed-precision model (layers whose activation quantizers
+  differ) a buffer is stored at the largest bit-width of the quantized layers that read it, `bits`
+  when none does (a boundary map read at 4 and 8 bits costs 8).
 Also reported: the sum of all feature maps (ShrinkBench's convention) and the largest single layer's
 input + output (the per-layer IFM/OFM convention of Distiller), each named.
 """
@@ -92,8 +95,31 @@ def check_inputs(batch, bits) -> None:
         raise OrchestratorError(f"act_bits={bits!r} must be an integer in 1..32")
 
 
-def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.GraphModule | None = None) -> dict:
-    """Peak live activation bits at inference, plus the conventions the literature uses."""
+def act_quant_bits(model: nn.Module) -> dict[str, int]:
+    """Activation bits of each quantized layer's input, by module name."""
+    return {n: m.act_quant.bits for n, m in model.named_modules() if hasattr(m, "act_quant")}
+
+
+def buffer_bits(model: nn.Module, gm: fx.GraphModule, root: dict, bits: int) -> dict[fx.Node, int]:
+    """Bits per stored value of each buffer: `bits`, or in a mixed model the widest quantized reader's."""
+    quants = act_quant_bits(model)
+    buffers = set(root.values())
+    if len(set(quants.values())) <= 1:
+        return dict.fromkeys(buffers, bits)
+    read: dict[fx.Node, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target in quants:
+            for a in n.all_input_nodes:
+                if a in root:
+                    read[root[a]] = max(read.get(root[a], 0), quants[n.target])
+    return {r: read.get(r, bits) for r in buffers}
+
+
+def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.GraphModule | None = None,
+                      mixed: bool = True) -> dict:
+    """Peak live activation bits at inference, plus the conventions the literature uses.
+
+    `mixed=False` stores every map at `bits`, ignoring the layers' own activation quantizers."""
     check_inputs(batch, bits)
     gm = gm if gm is not None else trace(model, batch)
     nodes = list(gm.graph.nodes)
@@ -122,23 +148,25 @@ def activation_report(model: nn.Module, batch: int = 1, bits: int = 32, gm: fx.G
     for a in nodes[-1].all_input_nodes:  # the model's outputs stay live to the end
         if a in root:
             last_use[root[a]] = len(nodes)
+    width = buffer_bits(model, gm, root, bits) if mixed else dict.fromkeys(set(root.values()), bits)
     birth = {r: index[r] for r in size}
-    peak, peak_at, timeline = 0, nodes[0], []
+    peak, peak_at, timeline = -1, nodes[0], []
     for n in nodes:
         i = index[n]
-        live = sum(size[r] for r in size if birth[r] <= i <= last_use[r])
-        timeline.append((n.name, live * bits))
+        live = sum(size[r] * width[r] for r in size if birth[r] <= i <= last_use[r])
+        timeline.append((n.name, live))
         if live > peak:
             peak, peak_at = live, n
-    live_at_peak = sorted((r.name for r in size if birth[r] <= index[peak_at] <= last_use[r]))
+    at_peak = [r for r in size if birth[r] <= index[peak_at] <= last_use[r]]
     layers = []
     for n in nodes:
         if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear)):
-            ins = sum(_numel(a) for a in tensor_inputs[n])
-            layers.append((ins + _numel(n), n.target))
+            ins = sum(_numel(a) * width[root[a]] for a in tensor_inputs[n])
+            layers.append((ins + _numel(n) * width[root[n]], n.target))
     largest = max(layers, default=(0, ""))
     return {"batch": batch, "bits": bits,
-            "peak_bits": peak * bits, "peak_elements": peak, "peak_at": peak_at.name, "live_at_peak": live_at_peak,
-            "sum_bits": sum(size.values()) * bits,
-            "largest_layer_bits": largest[0] * bits, "largest_layer": largest[1],
+            "peak_bits": peak, "peak_elements": sum(size[r] for r in at_peak), "peak_at": peak_at.name,
+            "live_at_peak": sorted(r.name for r in at_peak),
+            "sum_bits": sum(size[r] * width[r] for r in size),
+            "largest_layer_bits": largest[0], "largest_layer": largest[1],
             "timeline": timeline}  # (graph node, live activation bits while it runs), in execution order

@@ -190,7 +190,7 @@ def load_export(path) -> tuple[nn.Module, dict]:
             q = attach_act_quant_(model.get_submodule(name), a["bits"])
             q.max.fill_(a["max"])
             q.signed.fill_(a["signed"])
-            model.act_bits = a["bits"]
+            model.act_bits = max(a["bits"], getattr(model, "act_bits", 0))
     except (KeyError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: corrupt export ({type(exc).__name__}: {exc})") from None
     return model.eval(), header

@@ -37,6 +37,7 @@ class QuantConfig(BaseModel):
     group_bits: dict[str, int] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
     ends_bits: int | None = Field(8, ge=2, le=16)  # first conv and classifier; None: like the others
     act_bits: int | None = Field(None, ge=2, le=16)  # activations (conv/linear inputs); None: float
+    group_act_bits: dict[str, int] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
 
@@ -45,6 +46,14 @@ class QuantConfig(BaseModel):
     def _int_bits(cls, v):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"bits must be an integer, got {v!r}")
+        return v
+
+    @field_validator("group_act_bits")
+    @classmethod
+    def _group_act_bits(cls, v):
+        for g, b in v.items():
+            if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16:
+                raise ValueError(f"group_act_bits.{g} must be int bits 2..16, got {b!r}")
         return v
 
     def needs_data(self) -> bool:
@@ -61,6 +70,12 @@ class QuantConfig(BaseModel):
         if unknown:
             raise OrchestratorError(f"group_bits names group {unknown[0]!r}, which the model does not have; "
                                     f"groups: {', '.join(groups)}")
+        unknown = [g for g in self.group_act_bits if g not in groups]
+        if unknown:
+            raise OrchestratorError(f"group_act_bits names group {unknown[0]!r}, which the model does not have; "
+                                    f"groups: {', '.join(groups)}")
+        if self.group_act_bits and self.act_bits is None:
+            raise OrchestratorError("group_act_bits needs act_bits (the bits of the other groups)")
         explicit = {n: b for g, b in self.group_bits.items() for n in groups[g]} | self.layer_bits
         plan = {}
         for i, name in enumerate(layers):
@@ -109,10 +124,11 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: PruneData | No
     layers = prunable_layers(model)
     if config.act_bits is not None:
         first = next(iter(layers))
+        act = {n: b for g, b in config.group_act_bits.items() for n in layer_groups(model)[g]}
         for name, module in layers.items():
             if name != first:  # the first conv reads the 8-bit image itself
-                attach_act_quant_(module, config.act_bits)
-        model.act_bits = config.act_bits
+                attach_act_quant_(module, act.get(name, config.act_bits))
+        model.act_bits = max([config.act_bits, *act.values()])  # mixed: footprint reads each layer's own
     if config.method == "qat":
         for name, module in layers.items():
             if plan[name][0] != "fp32":

@@ -26,6 +26,8 @@ def label(p: dict) -> str:
     bits, act = p.get("bits", 32), p.get("act_bits", 32)
     if bits < 32 or act < 32:
         group = [f"{k[len('bits_'):].replace('stage', 's')}:{v}" for k, v in p.items() if k.startswith("bits_")]
+        group += [f"{k[len('act_'):].replace('stage', 's')}:a{v}" for k, v in p.items()
+                  if k.startswith("act_") and k != "act_bits"]
         q_epochs = p.get("quant_epochs", p.get("finetune_epochs", 0))
         out.append(f"w{bits}" + (f"a{act}" if act < 32 else "") + (f" ({' '.join(group)})" if group else "")
                    + (f" qat{q_epochs:g}" if q_epochs else " ptq"))

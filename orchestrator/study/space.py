@@ -92,6 +92,7 @@ class Dimensions(BaseModel):
     bits: list[int] = Field([32], min_length=1)  # weight bits: 32 float, 16 fp16, 2..8 int, 1 binary
     group_bits: dict[str, int | list[int]] = {}  # per layer group: fixed int bits, or a list searched
     act_bits: list[int] = Field([32], min_length=1)  # activation bits: 32 float, else 2..16
+    group_act_bits: dict[str, int | list[int]] = {}  # per layer group: activation bits, fixed or a list searched
     channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
 
     @field_validator("method")
@@ -130,6 +131,21 @@ class Dimensions(BaseModel):
                 raise ValueError(f"group_bits.{g} must be int bits 2..8 (or a list of them), got {b}")
         return v
 
+    @field_validator("group_act_bits")
+    @classmethod
+    def _group_act_bits(cls, v):
+        for g, b in v.items():
+            values = b if isinstance(b, list) else [b]
+            if not values or any(isinstance(x, bool) or not isinstance(x, int) or not 2 <= x <= 16 for x in values):
+                raise ValueError(f"group_act_bits.{g} must be int bits 2..16 (or a list of them), got {b}")
+        return v
+
+    @model_validator(mode="after")
+    def _act_groups_need_act_bits(self):
+        if self.group_act_bits and 32 in self.act_bits:
+            raise ValueError(f"group_act_bits needs quantized activations: act_bits {self.act_bits} holds 32 (float)")
+        return self
+
     @field_validator("act_bits")
     @classmethod
     def _act_bits(cls, v):
@@ -138,7 +154,7 @@ class Dimensions(BaseModel):
         return v
 
     def groups(self) -> set[str]:
-        return set(self.group_scale) | set(self.group_bits)
+        return set(self.group_scale) | set(self.group_bits) | set(self.group_act_bits)
 
 
 class Constraints(BaseModel):
@@ -190,7 +206,7 @@ class SearchSpace(BaseModel):
     def check_base(self, model) -> None:
         """Per-group values must name groups the base model has: checked before any trial runs."""
         groups = layer_groups(model)
-        for key in ("group_scale", "group_bits"):
+        for key in ("group_scale", "group_bits", "group_act_bits"):
             unknown = [g for g in getattr(self.dimensions, key) if g not in groups]
             if unknown:
                 raise OrchestratorError(f"dimensions.{key}.{unknown[0]}: the base {self.base} ({model.arch}) has no "
@@ -208,6 +224,7 @@ class SearchSpace(BaseModel):
         out.update(kd=d.kd, bits=d.bits)
         out.update({f"bits_{g}": b for g, b in d.group_bits.items() if isinstance(b, list)})
         out["act_bits"] = d.act_bits
+        out.update({f"act_{g}": b for g, b in d.group_act_bits.items() if isinstance(b, list)})
         return out
 
     @model_validator(mode="after")
@@ -262,6 +279,9 @@ class SearchSpace(BaseModel):
             if isinstance(b, list):
                 params[f"bits_{g}"] = trial.suggest_categorical(f"bits_{g}", b)
         params["act_bits"] = trial.suggest_categorical("act_bits", d.act_bits)
+        for g, b in d.group_act_bits.items():
+            if isinstance(b, list):
+                params[f"act_{g}"] = trial.suggest_categorical(f"act_{g}", b)
         return self.pipeline(params)
 
     def validation_warning(self) -> str | None:
@@ -311,6 +331,10 @@ class SearchSpace(BaseModel):
                 bits, {"format": "int", "bits": bits}))
             if group_bits and bits < 16:
                 q["group_bits"] = group_bits
+            group_act = {g: params.get(f"act_{g}", b) for g, b in d.group_act_bits.items()}
+            group_act = {g: b for g, b in group_act.items() if isinstance(b, int)}
+            if group_act and act_bits < 32:
+                q["group_act_bits"] = group_act
             steps.append({"quantize": q})
         if not steps:
             steps.append({"finetune": {**ft(0), "epochs": 0}})  # the base model itself
