@@ -8,6 +8,7 @@ admits numpy arrays: a dataset file can never run code.
 from __future__ import annotations
 
 import io
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ class Split:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def digest(self) -> str:
+        """Content hash of the images and labels (what a run's dataset input records)."""
+        h = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def get_spec(dataset: str) -> DatasetSpec:

@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(base, cifar10_dir, in
         except OrchestratorError:
             trials = []
         done = [t for t in trials if t.state.name == "COMPLETE"]
-        if done and any(t.state.name == "RUNNING" for t in trials):
+        if done and any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
             before = {t.number: (t.params, t.values) for t in done}
             proc.send_signal(signal.SIGKILL)
             break
@@ -150,6 +150,13 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(base, cifar10_dir, in
     complete = {t.number: (t.params, t.values) for t in st.trials if t.state.name == "COMPLETE"}
     assert all(complete[n] == v for n, v in before.items())  # finished trials survived, unchanged
     assert len(complete) == 3 and sum(t.state.name == "FAIL" for t in st.trials) == 1
+    import mlflow
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    lost = [t.user_attrs["mlflow_run_id"] for t in st.trials if t.state.name == "FAIL"]
+    status_of = {r.info.run_id: r.info.status for r in runs}
+    assert [status_of[r] for r in lost] == ["FAILED"]  # the killed worker's run no longer shows RUNNING
+    assert sorted(status_of.values()) == ["FAILED"] + ["FINISHED"] * 4  # 3 trials and the study's run
 
 
 def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_dir, in_tmp):

@@ -22,7 +22,7 @@ def study():
 
 def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
-    from ..study.pareto import export_pareto, rows
+    from ..study.pareto import rows
 
     space = load_space(space_file)
     storage = storage or DEFAULT_STORAGE
@@ -35,10 +35,10 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
             f"{o} {v:.4g}" for o, v in zip(space.objectives, values)))
 
     st = run_study(space, storage=storage, data_dir=data_dir, out_dir=out_dir, tracking_uri=tracking_uri,
-                   device=_device(device), trials=trials, progress=not quiet, on_trial=echo)
-    files = export_pareto(st, Path(out_dir) / space.name / "pareto",
-                          footer=f"orchestrator study pareto {space_file} --storage {storage}")
-    click.echo(f"{space.name}: {status(st)}; Pareto front: {sum(r['pareto'] for r in rows(st))} trials -> {files[1]}")
+                   device=_device(device), trials=trials, progress=not quiet, on_trial=echo,
+                   footer=f"orchestrator study pareto {space_file} --storage {storage}")
+    table = Path(out_dir) / space.name / "pareto" / "pareto.md"
+    click.echo(f"{space.name}: {status(st)}; Pareto front: {sum(r['pareto'] for r in rows(st))} trials -> {table}")
 
 
 def _common(fn):
@@ -118,13 +118,31 @@ def _publish_options(kind: str):
 
 @study.command("pareto")
 @_publish_options("pareto")
-def study_pareto(space_file, storage, tracking_uri, out_dir):
+@click.option("--register", "register_as", default=None, metavar="NAME",
+              help="Also register a front model in the MLflow Model Registry under NAME (default model: the "
+                   "smallest front model within 1 test point of the base).")
+@click.option("--trial", type=click.IntRange(min=0), default=None, help="With --register: this trial's model.")
+def study_pareto(space_file, storage, tracking_uri, out_dir, register_as, trial):
     """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
-    from ..study.pareto import export_pareto
+    from ..errors import OrchestratorError
+    from ..study.pareto import export_pareto, rows
 
-    files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", lambda st, space, out, storage: export_pareto(
-        st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}"))
+    if trial is not None and not register_as:
+        raise OrchestratorError("--trial picks the model to register: give --register NAME too")
+    picked = {}
+
+    def build(st, space, out, storage):
+        if register_as:  # pick before writing anything: a bad --trial fails first
+            from ..study.mlmodel import pick_front_model
+            picked["row"] = pick_front_model(rows(st), trial)
+        return export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}")
+
+    files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", build)
     click.echo("\n".join(str(f) for f in files))
+    if register_as:
+        from ..study.mlmodel import register
+        name, version = register(tracking_uri, register_as, picked["row"])
+        click.echo(f"registered trial {picked['row']['trial']} ({picked['row']['label']}) as {name!r} version {version}")
 
 
 @main.command("report")

@@ -64,12 +64,12 @@ class ActQuant(nn.Module):
                 m = x.detach().abs().amax().float()
                 self.max.copy_(m if self.max == 0 else (1 - self.momentum) * self.max + self.momentum * m)
                 self.signed |= bool((x < 0).any())
-        if self.max == 0:
-            return x
-        levels = 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models) traces this
+        levels = torch.where(self.signed, 2.0 ** (self.bits - 1) - 1, 2.0 ** self.bits - 1)
+        lo = torch.where(self.signed, -levels, torch.zeros_like(levels))
         scale = self.max / levels
-        lo = -levels if self.signed else 0
         q = torch.clamp(torch.round(x / scale), lo, levels) * scale
+        q = torch.where(self.max > 0, q, x)  # an uncalibrated quantizer passes x through
         return x + (q - x).detach()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..pipeline import run_pipeline
-from .pareto import rows
+from .pareto import export_pareto, rows
 from .space import SearchSpace
 from .tracking import Tracker
 
@@ -158,25 +158,51 @@ def objectives_of(space: SearchSpace, result: dict) -> list[float]:
     return [values[o] for o in space.objectives]
 
 
-def preflight(space: SearchSpace, data_dir) -> None:
+def preflight(space: SearchSpace, data_dir) -> list[dict]:
     """What every trial needs, checked before the study opens or spends anything: a readable base whose
-    layer groups the space names, and a valid data directory."""
+    layer groups the space names, and a valid data directory. Returns the splits trials use (name, split,
+    size, content hash), which each trial's MLflow run records as its dataset inputs."""
     from ..checkpoint import load_model
-    from ..data import load_split
+    from ..data import load_split, resolve_data_dir, split_validation
 
     model, ckpt = load_model(space.base)
     space.check_base(model)
-    load_split(ckpt.dataset, "test", data_dir)
+    test = load_split(ckpt.dataset, "test", data_dir)
+    train = load_split(ckpt.dataset, "train", data_dir)
+    splits = dict(zip(("train", "validation"), split_validation(train, space.val_size))) if space.val_size \
+        else {"train": train}
+    splits["test"] = test
+    source = str(resolve_data_dir(data_dir).resolve())
+    return [{"name": ckpt.dataset, "split": k, "size": len(v), "digest": v.digest(), "source": source}
+            for k, v in splits.items()]
 
 
 def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=None, out_dir="runs/studies",
               tracking_uri: str | None = None, device="cpu", trials: int | None = None, progress=False,
-              on_trial=None):
-    """Run trials until the budget's finished-trial count (or `trials` more, or the timeout); returns the study."""
-    preflight(space, data_dir)
+              on_trial=None, footer: str = ""):
+    """Run trials until the budget's finished-trial count (or `trials` more, or the timeout); returns the study.
+
+    The study's MLflow parent run is RUNNING while a worker runs trials, gets the Pareto files when the
+    worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt)."""
+    datasets = preflight(space, data_dir)
     study = open_study(space, storage)
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
+    tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
+    try:
+        _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets)
+    except BaseException as exc:
+        tracker.client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
+    files = export_pareto(study, Path(out_dir) / space.name / "pareto", footer=footer)
+    tracker.log_parent_files(parent, files, "pareto")
+    tracker.client.set_terminated(parent, "FINISHED")
+    return study
+
+
+def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets):
+    """The trial loop of `run_study`: trials until the budget is spent, then the front tagged in MLflow."""
     out = Path(out_dir) / space.name
     log = logging.getLogger("orchestrator.study")
     warning = space.validation_warning()
@@ -234,7 +260,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         constraint = constraint_of(space, val, base_val)
         if constraint is not None:
             trial.set_constraint("accuracy_drop", constraint)
-        tracker.finish_trial(run_id, result, ckpt, Path(result["export"]))
+        tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
         if on_trial:
             on_trial(trial.number, trial.params, values)
         return values
@@ -264,7 +290,6 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
     tracker.tag_pareto(pareto_ids, all_ids)
-    return study
 
 
 def status(study) -> dict:

@@ -30,6 +30,16 @@ def _flat(prefix: str, obj, out: dict) -> dict:
     return out
 
 
+def dataset_input(d: dict):
+    """An MLflow dataset input: the data set, split, size and content hash a trial used."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=f"{d['name']}-{d['split']}", digest=d["digest"], source_type="local",
+                      source=json.dumps({"uri": d["source"]}),
+                      profile=json.dumps({"num_rows": d["size"], "split": d["split"]}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", d["split"])])
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None, experiment: str):
         import mlflow
@@ -72,8 +82,10 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=study.study_name,
                                      tags={"orchestrator.study": study.study_name, "orchestrator.kind": "study"})
         self.client.log_dict(run.info.run_id, space_dump, "search_space.json")
-        for k, v in _flat("", {k: space_dump[k] for k in ("dataset", "base", "val_size", "objectives")}, {}).items():
-            self.client.log_param(run.info.run_id, k, v)
+        from mlflow.entities import Param
+
+        study_params = _flat("", {k: space_dump[k] for k in ("dataset", "base", "val_size", "objectives")}, {})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in study_params.items()])
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
         # Workers starting together may each create a parent; the last one written to the study wins
         # and the others delete theirs, so every trial nests under the same run.
@@ -84,48 +96,86 @@ class Tracker:
         return winner
 
     def start_trial(self, parent: str, study_name: str, number: int, params: dict) -> str:
+        """The trial's run with its parameters: two requests."""
+        from mlflow.entities import Param
+
         run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}",
                                      tags={"mlflow.parentRunId": parent, "orchestrator.study": study_name,
                                            "orchestrator.trial": str(number), "orchestrator.kind": "trial"})
-        for k, v in params.items():
-            self.client.log_param(run.info.run_id, k, v)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    def finish_trial(self, run_id: str, result: dict, checkpoint: Path, export: Path) -> None:
+    def finish_trial(self, run_id: str, result: dict, checkpoint: Path, export: Path,
+                     datasets: list[dict] = ()) -> None:
+        """The model as an MLflow Model, metrics in one batch (linked to that model), the data sets as run
+        inputs, the files in one upload. Requests besides the model's and the uploads: log_batch,
+        log_inputs, set_terminated (with start_trial's two: five per trial)."""
+        import shutil
+        import tempfile
+
+        from mlflow.entities import Metric
+
+        from ..footprint import format_report, measure
+        from ..footprint.export import load_export
+        from .mlmodel import log_pytorch_model
+
         f, last = result["final"], result["steps"][-1]
+        model, header = load_export(export)
+        model_id = log_pytorch_model(model, header, export, run_id, self.uri, self.experiment_id).model_id
         metrics = {"val_acc": last["eval_acc"], "test_acc": f["test_acc"], "footprint_bytes": f["total_bits"] / 8,
                    "param_bytes": f["param_bits"] / 8, "activation_peak_bytes": f["activation_peak_bits"] / 8,
                    "macs": f["macs"], "macs_sparse": f["macs_sparse"], "nonzero": f["nonzero"],
                    "compression": f["compression"], "file_bytes": f["file_bytes"]}
         now = int(time.time() * 1000)
-        for k, v in metrics.items():
-            self.client.log_metric(run_id, k, float(v), timestamp=now)
+        batch = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
         for i, s in enumerate(result["steps"]):
-            self.client.log_metric(run_id, "step_eval_acc", s["eval_acc"], step=i)
-            self.client.log_metric(run_id, "step_footprint_bytes", s["total_bits"] / 8, step=i)
-        self.client.log_dict(run_id, result, "record.json")
-        self.client.log_dict(run_id, result["pipeline"], "pipeline.json")
-        self.client.log_artifact(run_id, str(export))
-        self.client.log_artifact(run_id, str(checkpoint))
-        self._log_footprint(run_id, export, f.get("act_bits"))
+            batch += [Metric("step_eval_acc", float(s["eval_acc"]), now, i),
+                      Metric("step_footprint_bytes", s["total_bits"] / 8, now, i)]
+        self.client.log_batch(run_id, metrics=batch)
+        if datasets:
+            self.client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
+        # the footprint of the exported model: its own activation bits when quantized
+        fp = measure(model, act_bits=None if getattr(model, "act_bits", None) else f.get("act_bits"))
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {"record.json": json.dumps(result, indent=1), "pipeline.json": json.dumps(result["pipeline"]),
+                     "footprint.json": fp.model_dump_json(), "footprint.txt": format_report(fp)}
+            for name, text in files.items():
+                Path(tmp, name).write_text(text)
+            for path in (export, checkpoint):
+                shutil.copy(path, tmp)
+            self.client.log_artifacts(run_id, tmp)
         self.client.set_terminated(run_id, "FINISHED")
-
-    def _log_footprint(self, run_id: str, export: Path, act_bits: int | None) -> None:
-        """The exported model's footprint: JSON with every tensor, and the per-layer table as text."""
-        from ..footprint import format_report, measure
-        from ..footprint.export import load_export
-
-        fp = measure(load_export(export)[0], act_bits=act_bits)
-        self.client.log_dict(run_id, fp.model_dump(), "footprint.json")
-        self.client.log_text(run_id, format_report(fp), "footprint.txt")
 
     def fail_trial(self, run_id: str, reason: str) -> None:
         self.client.set_tag(run_id, "orchestrator.fail_reason", reason[:5000])
         self.client.set_terminated(run_id, "FAILED")
 
+    def close_lost(self, study) -> int:
+        """Mark FAILED the still-RUNNING runs of trials Optuna failed for a lost worker (no heartbeat)."""
+        closed = 0
+        for t in study.get_trials(deepcopy=False):
+            rid = t.user_attrs.get("mlflow_run_id")
+            if t.state.name != "FAIL" or not rid or "fail_reason" in t.user_attrs:
+                continue
+            if self.client.get_run(rid).info.status == "RUNNING":
+                self.client.set_tag(rid, "orchestrator.fail_reason", "worker lost (no heartbeat); the trial is retried")
+                self.client.set_terminated(rid, "FAILED")
+                closed += 1
+        return closed
+
     def tag_pareto(self, run_ids: set[str], all_ids: list[str]) -> None:
+        """Tag each trial's run `orchestrator.pareto` true/false, writing only the tags that change."""
+        current = {}
+        for i in range(0, len(all_ids), 100):  # one read per 100 runs
+            chunk = all_ids[i:i + 100]
+            ids = ", ".join(f"'{r}'" for r in chunk)
+            for run in self.client.search_runs([self.experiment_id], f"attributes.run_id IN ({ids})",
+                                               max_results=len(chunk)):
+                current[run.info.run_id] = run.data.tags.get("orchestrator.pareto")
         for rid in all_ids:
-            self.client.set_tag(rid, "orchestrator.pareto", "true" if rid in run_ids else "false")
+            value = "true" if rid in run_ids else "false"
+            if current.get(rid) != value:
+                self.client.set_tag(rid, "orchestrator.pareto", value)
 
     def log_parent_files(self, parent: str, paths: list[Path], folder: str = "pareto") -> None:
         for p in paths:

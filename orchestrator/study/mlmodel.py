@@ -1,0 +1,95 @@
+"""Trials' models as MLflow Models, and front models in the Model Registry.
+
+Each completed trial's exported model is logged with the PyTorch flavor in its `pt2` format
+(`torch.export`: a traced graph, no pickled code), with a tensor signature whose batch dimension is
+free, the `.orcx` file and its footprint beside it. `mlflow.pytorch.load_model("runs:/<id>/model")`
+then returns a module whose predictions equal the `.orcx` model's. Inputs are normalized images,
+like the checkpoint's model: the normalization is in the model's metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import OrchestratorError
+
+MODEL_NAME = "model"  # artifact path of the MLflow Model in a trial's run
+EXAMPLE_BATCH = 2  # > 1, so torch.export keeps the batch dimension dynamic
+
+
+def log_pytorch_model(model: torch.nn.Module, header: dict, export: Path, run_id: str, tracking_uri: str,
+                      experiment_id: str):
+    """Log `model` (an `.orcx` model, eval mode) into run `run_id`; returns MLflow's ModelInfo."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = torch.zeros(EXAMPLE_BATCH, 3, 32, 32)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32), "images")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, header["num_classes"]),
+                                                          "logits")]))
+    metadata = {"arch": header["arch"], "dataset": header.get("dataset"),
+                "normalization": header.get("normalization"), "input": "normalized images, NCHW float32",
+                "orcx": Path(export).name}
+    # MLflow's model logging resolves the store and the experiment of the logged model globally
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return mlflow.pytorch.log_model(model.eval(), name=MODEL_NAME, input_example=example.numpy(),
+                                    signature=signature, serialization_format="pt2", metadata=metadata,
+                                    extra_files=[str(export)], pip_requirements=[f"torch=={torch.__version__}"],
+                                    run_id=run_id)
+
+
+def pick_front_model(rows: list[dict], trial: int | None = None, max_drop: float = 0.01) -> dict:
+    """The row to register: trial `trial`, else the smallest front model within `max_drop` of the base (test)."""
+    done = [r for r in rows if r.get("mlflow_run_id")]
+    if trial is not None:
+        found = [r for r in done if r["trial"] == trial]
+        if not found:
+            raise OrchestratorError(f"--trial {trial}: no finished trial with that number; finished: "
+                                    f"{', '.join(str(r['trial']) for r in done) or 'none'}")
+        return found[0]
+    front = [r for r in done if r["pareto"] and r.get("base_test_acc") is not None
+             and r["base_test_acc"] - r["test_acc"] <= max_drop]
+    if not front:
+        raise OrchestratorError(f"no front model is within {100 * max_drop:g} test points of the base; "
+                                "name one with --trial N")
+    return min(front, key=lambda r: r["footprint_bytes"])
+
+
+def register(tracking_uri: str | None, name: str, row: dict) -> tuple[str, str]:
+    """Register a trial's MLflow Model under `name` with its accuracy and footprint as tags;
+    returns (model name, version)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _register(MlflowClient(tracking_uri), name, row)
+    except MlflowException as exc:
+        store = tracking_uri or "the default MLflow store"
+        raise OrchestratorError(f"cannot register trial {row['trial']} as {name!r} in {store}: "
+                                f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def _register(client, name: str, row: dict) -> tuple[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    run_id = row["mlflow_run_id"]
+    models = [m for m in client.search_logged_models(
+        experiment_ids=[client.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'")]
+    if not models:
+        raise OrchestratorError(f"trial {row['trial']} (run {run_id}) has no logged MLflow Model to register")
+    tags = {"trial": str(row["trial"]), "test_acc": f"{row['test_acc']:.4f}", "val_acc": f"{row['val_acc']:.4f}",
+            "footprint_bytes": f"{row['footprint_bytes']:.0f}", "configuration": row["label"][:500]}
+    if row.get("base_test_acc") is not None:
+        tags["test_points_vs_base"] = f"{100 * (row['test_acc'] - row['base_test_acc']):+.2f}"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Compressed CIFAR models registered by orchestrator")
+    version = client.create_model_version(name, models[0].model_uri, run_id=run_id, tags=tags)
+    return name, version.version
