@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start (or stop) the servers of the several-machine topology on loopback, for the tests:
-# a PostgreSQL server for the shared Optuna storage and an MLflow tracking server.
+# one PostgreSQL server holding the shared Optuna storage and, in a database of its own, the runs of
+# an MLflow tracking server, as docker/compose.yaml deploys them (the two cannot share a database: both
+# keep their schema version in alembic's `alembic_version` table).
 #   source .ci/services.sh start   -> exports ORCHESTRATOR_TEST_POSTGRES and ORCHESTRATOR_TEST_MLFLOW
 #   .ci/services.sh stop
 # Installs PostgreSQL from Debian when it is missing. Any failure leaves the variables unset, and the
@@ -32,9 +34,11 @@ _start() {
   $run_as "$bin/pg_ctl" -D "$SVC_DIR/pg" -l "$SVC_DIR/pg.log" -w \
     -o "-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1" start >/dev/null \
     || { echo "services: postgres did not start (see $SVC_DIR/pg.log)"; return 0; }
-  "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -q -c "CREATE DATABASE optuna_ci" 2>/dev/null || true
+  for db in optuna_ci mlflow_ci; do
+    "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -q -c "CREATE DATABASE $db" 2>/dev/null || true
+  done
   export ORCHESTRATOR_TEST_POSTGRES="postgresql://postgres@127.0.0.1:$PG_PORT/optuna_ci"
-  "$VENV_BIN/mlflow" server --backend-store-uri "sqlite:///$SVC_DIR/mlflow.db" \
+  "$VENV_BIN/mlflow" server --backend-store-uri "postgresql://postgres@127.0.0.1:$PG_PORT/mlflow_ci" \
     --artifacts-destination "$SVC_DIR/mlflow-artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
     > "$SVC_DIR/mlflow.log" 2>&1 &
   echo $! > "$SVC_DIR/mlflow.pid"
