@@ -1,6 +1,7 @@
 """Trials as MLflow users browse them: MLflow Models that load back, the Model Registry, dataset inputs,
 the study's own run, and the number of tracking requests per trial."""
 
+import json
 import os
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from orchestrator.footprint.export import load_export
 from orchestrator.study import load_space, run_study
+from orchestrator.study.mlview import SHARED_VIEW_TAG, share_key
 from test_cli import one_line_error, run
 from test_study import in_tmp, space_file  # noqa: F401  (fixture)
 
@@ -32,6 +34,18 @@ def test_trials_load_back_as_mlflow_models_and_a_front_model_registers(base, cif
     assert parent.info.status == "FINISHED" and len(trials) == 2
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")} >= {"pareto/pareto.png",
                                                                                       "pareto/pareto.md"}
+    # the shared runs view the study's run links to: every column it selects exists on the trials
+    exp = client.get_experiment_by_name("tiny")
+    key = share_key("tiny")
+    view = json.loads(exp.tags[SHARED_VIEW_TAG + key])
+    logged = {f"metrics.`{m}`" for r in trials for m in r.data.metrics} | \
+        {f"params.`{p}`" for r in trials for p in r.data.params} | {f"tags.`{t}`" for r in trials for t in r.data.tags}
+    assert set(view["selectedColumns"]) <= logged and "params.`act_stage1`" in view["selectedColumns"]
+    assert "params.`bits`" not in view["selectedColumns"]  # one choice only: not searched
+    assert {c["yaxis"]["key"] for c in view["compareRunCharts"]} == {"test_acc", "val_acc"}
+    assert f"viewStateShareKey={key}" in parent.data.tags["mlflow.note.content"]
+    assert len(client.search_runs([exp.experiment_id], view["searchFilter"])) == 2  # the filter finds the trials
+    assert st.user_attrs["mlflow_views"]["chart"].endswith("compareRunsMode=CHART")
     mlflow.set_tracking_uri(uri)
     x = torch.randn(5, 3, 32, 32)
     for r in trials:
@@ -88,7 +102,7 @@ def test_per_trial_tracking_requests_are_bounded(base, cifar10_dir, in_tmp, monk
     # MLflow Model's own requests (logged-models, runs/outputs) are left out, as are the uploads
     writes = [c.rsplit("/", 1)[-1] for c in calls if "/runs/" in c and not c.endswith(("/get", "/outputs", "/search"))]
     per_endpoint = {e: writes.count(e) for e in set(writes)}
-    study = {"create": 1, "log-batch": 1, "update": 2, "set-tag": 2}  # its run, RUNNING and FINISHED, the front tags
+    study = {"create": 1, "log-batch": 1, "update": 2, "set-tag": 3}  # its run, RUNNING and FINISHED, its description, the front tags
     per_trial = {e: (n - study.get(e, 0)) / 2 for e, n in per_endpoint.items()}
     assert per_trial == {"create": 1, "log-batch": 2, "log-inputs": 1, "update": 1, "set-tag": 0}, per_endpoint
     assert sum(per_trial.values()) <= 5

@@ -39,6 +39,12 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
                    footer=f"orchestrator study pareto {space_file} --storage {storage}")
     table = Path(out_dir) / space.name / "pareto" / "pareto.md"
     click.echo(f"{space.name}: {status(st)}; Pareto front: {sum(r['pareto'] for r in rows(st))} trials -> {table}")
+    views = st.user_attrs.get("mlflow_views", {})
+    if views:
+        server = (tracking_uri or "").startswith("http")
+        host = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
+        click.echo(("MLflow" if server else "MLflow (after `mlflow ui --backend-store-uri sqlite:///mlflow.db`)")
+                   + f": trials {host}/{views['table']}\n  accuracy vs footprint {host}/{views['chart']}")
 
 
 def _common(fn):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..pipeline import run_pipeline
+from .mlview import write_view
 from .pareto import export_pareto, rows
 from .space import SearchSpace
 from .tracking import Tracker
@@ -189,6 +190,9 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
     tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
+    searched = [k for k, v in space.params().items() if not isinstance(v, list) or len(v) > 1]
+    study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
+                                                   searched))
     try:
         _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets)
     except BaseException as exc:
