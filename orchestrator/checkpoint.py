@@ -9,6 +9,7 @@ read off the tensor shapes, so any depth (and a channel-pruned one) rebuilds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -66,8 +67,31 @@ class Checkpoint:
                 "quantization": self.quantization, "state_dict": self.state_dict}
 
 
+def _checked(ckpt: Checkpoint, path) -> Checkpoint:
+    """Field types and finite weights: a bad file is refused when read, not evaluated as 10% with loss nan."""
+    kinds = {"arch": str, "widths": (dict, list), "num_classes": int, "state_dict": dict, "dataset": str,
+             "normalization": dict, "config": dict, "metrics": dict, "quantization": dict}
+    for name, kind in kinds.items():
+        value = getattr(ckpt, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: field {name!r} is a {type(value).__name__} ({str(value)[:40]!r}); "
+                                  f"expected {getattr(kind, '__name__', 'a mapping or list')}")
+    if ckpt.num_classes < 2:
+        raise CheckpointError(f"{path}: num_classes={ckpt.num_classes}; at least 2 classes are needed")
+    for key, t in ckpt.state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {key!r} is a {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values (a diverged training?)")
+    return ckpt
+
+
 def _load_state(model: nn.Module, state: dict) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the architecture
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise CheckpointError(f"weights do not fit the model ({detail[:300]})") from None
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise CheckpointError(f"weights do not fit the model: missing {missing[:3]}, "
@@ -94,10 +118,15 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
 def save_checkpoint(path, ckpt: Checkpoint) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated file under `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt.to_dict(), tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ckpt.to_dict(), tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a failed open as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
     return path
 
 
@@ -120,14 +149,14 @@ def load_checkpoint(path) -> Checkpoint:
         if obj.get("version") != VERSION:
             raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} unsupported; allowed: {VERSION}")
         try:
-            return Checkpoint(obj["arch"], obj["widths"], obj["num_classes"], obj["state_dict"],
-                              obj["dataset"], obj["normalization"], obj["config"], obj["metrics"],
-                              quantization=obj.get("quantization", {}))
+            return _checked(Checkpoint(obj["arch"], obj["widths"], obj["num_classes"], obj["state_dict"],
+                                       obj["dataset"], obj["normalization"], obj["config"], obj["metrics"],
+                                       quantization=obj.get("quantization", {})), path)
         except KeyError as exc:
             raise CheckpointError(f"{path}: checkpoint lacks the {exc.args[0]!r} field") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        ckpt = _from_public_resnet(state, path)
+        ckpt = _checked(_from_public_resnet(state, path), path)
         if "best_prec1" in obj:
             ckpt.metrics["best_prec1"] = float(obj["best_prec1"])
         return ckpt

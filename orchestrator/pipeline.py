@@ -31,6 +31,7 @@ from .errors import OrchestratorError
 from .footprint import measure
 from .footprint.export import export, load_export
 from .models import layer_groups
+from .paths import writable_file
 from .pruning import PruneData, finalize_, parse_config, prune_
 from .pruning.core import effective_weight, prunable_layers
 from .pruning.registry import FinetuneConfig, finetune
@@ -164,8 +165,8 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     base = base or config.base
     if not base:
         raise OrchestratorError("no base checkpoint: give one in the pipeline ('base:') or on the command line")
+    out = writable_file(out)
     model, ckpt = load_model(base, device)
-    out = Path(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     train_split = load_split(ckpt.dataset, "train", data_dir)

@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint, from_model, load_checkpoint, load_model, sav
 from .data import get_spec, load_arrays, load_split, split_validation
 from .errors import OrchestratorError
 from .models import build_model
+from .paths import writable_dir, writable_file
 from .train import TrainConfig, evaluate, train
 
 
@@ -32,6 +33,7 @@ def train_model(*, arch: str, dataset: str, data_dir, config: TrainConfig, out, 
 
     An interrupted run resumes from `<out>.state` when called again with the same arguments.
     """
+    out = writable_file(out)
     spec = get_spec(dataset)
     train_split = load_split(dataset, "train", data_dir)
     test_split = load_split(dataset, "test", data_dir)
@@ -46,8 +48,6 @@ def train_model(*, arch: str, dataset: str, data_dir, config: TrainConfig, out, 
     else:
         model = build_model(arch, spec.num_classes, width_mult=width_mult)
         normalization = {"mean": list(spec.mean), "std": list(spec.std)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     state = out.with_name(out.name + ".state")
     t0 = time.perf_counter()
     history = train(model, train_split, config, normalization, eval_split=eval_split, device=device,
@@ -111,9 +111,8 @@ def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, 
     from .pruning import PruneData, finalize_, parse_config, prune_, sparsity
 
     config = parse_config(config)
+    out = writable_file(out)
     model, base = load_model(path, device)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = None
     if config.needs_data():
         train_split, val = _splits(base.dataset, data_dir, val_size)
@@ -157,10 +156,9 @@ def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test
     from . import plots
     from .pruning.sweep import sweep, table_markdown
 
+    out_dir = writable_dir(out_dir)
     model, ckpt = load_model(path, device)
     data = _eval_split(ckpt.dataset, data_dir, split, val_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / "sweep.json"
     done = _read_json(store, {"checkpoint": str(path), "rows": []})["rows"]
 
@@ -187,10 +185,9 @@ def sensitivity_checkpoint(path, *, ratios, data_dir=None, split: str = "val", v
     from . import plots
     from .pruning.sensitivity import sensitivity
 
+    out_dir = writable_dir(out_dir)
     model, ckpt = load_model(path, device)
     data = _eval_split(ckpt.dataset, data_dir, split, val_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / "sensitivity.json"
     done = _read_json(store, {}).get("table")
 

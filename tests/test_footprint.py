@@ -201,3 +201,44 @@ def test_mixed_activation_bits_store_each_map_at_its_widest_quantized_reader():
     assert fp.activation_sum_bits == 3 * MAP * (4 + 8 + 8)
     model.conv1.act_quant.bits = 8  # one bit-width again: the uniform rule, unchanged
     assert measure(model).activation_peak_bits == 3 * (3 * MAP) * 8
+
+
+def test_the_file_proves_the_footprint_at_the_sizes_a_front_reaches(tmp_path):
+    """ResNet-20 at 94% sparsity with 2-bit weights (~21 KB of parameters): the whole file, header
+    included, is within 2% of the accounted parameter bytes, and loads back to the same weights."""
+    model = with_bn_stats(build_model("resnet20"))
+    for m, n in _global_prune(model, 0.94):
+        prune.remove(m, n)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            quantize_weight_(m, "int", 2)
+    info = export(model, tmp_path / "m.orcx", normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert info["accounted_bytes"] >= 20_000
+    assert info["file_bytes"] <= 1.02 * info["accounted_bytes"], info
+    loaded, header = load_export(tmp_path / "m.orcx")
+    assert header["version"] == 2 and header["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for (n, a), (_, b) in zip(model.named_modules(), loaded.named_modules()):
+        if isinstance(a, (nn.Conv2d, nn.Linear)):
+            assert torch.equal(a.weight, b.weight), n
+    assert measure(loaded).param_bits == measure(model).param_bits
+
+
+def test_a_version_1_export_still_loads(tmp_path):
+    """Files written before the compact header (plain JSON, version 1) load to the same model."""
+    import json
+    import struct
+    import zlib
+    model = _variant("sparse90-int4")
+    export(model, tmp_path / "v2.orcx")
+    v2, header = load_export(tmp_path / "v2.orcx")
+    data = (tmp_path / "v2.orcx").read_bytes()
+    (n,) = struct.unpack("<I", data[5:9])
+    old = {k: v for k, v in header.items() if k != "version"}
+    if not old.get("activations"):
+        old.pop("activations", None)
+    raw = json.dumps(old).encode()
+    assert json.loads(zlib.decompress(data[9:9 + n]))["arch"] == header["arch"]
+    (tmp_path / "v1.orcx").write_bytes(data[:4] + bytes([1]) + struct.pack("<I", len(raw)) + raw + data[9 + n:])
+    v1, _ = load_export(tmp_path / "v1.orcx")
+    for a, b in zip(v1.state_dict().values(), v2.state_dict().values()):
+        assert torch.equal(a, b)

@@ -228,3 +228,32 @@ def test_a_sqlite_mlflow_store_being_created_by_another_worker_is_retried(in_tmp
     monkeypatch.setattr(mlflow, "MlflowClient", lambda uri: (_ for _ in ()).throw(RuntimeError("still broken")))
     with pytest.raises(OrchestratorError, match="cannot use MLflow tracking URI .*still broken"):
         tracking.Tracker(f"sqlite:///{in_tmp}/m2.db", "exp")
+
+
+def test_an_environmental_failure_stops_the_study_and_spends_no_budget(base, cifar10_dir, in_tmp, monkeypatch):
+    """A full disk mid-trial: one error line and a non-zero exit, the trial not counted, the study's run
+    FAILED; once the disk is fixed the same command runs the whole budget."""
+    import mlflow
+
+    from orchestrator.study import runner
+    path = space_file(in_tmp, base, budget={"trials": 2})
+    storage, uri = f"sqlite:///{in_tmp}/optuna.db", f"sqlite:///{in_tmp}/mlflow.db"
+    args = ("study", "run", path, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--quiet",
+            "--out", in_tmp / "studies")
+    real = runner.run_pipeline
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "run_pipeline", full_disk)
+    one_line_error(run(*args), r"trial 0 failed for a reason outside its configuration.*No space left on device")
+    st = open_study(load_space(path), storage, create=False)
+    assert [t.state.name for t in st.trials] == ["FAIL"] and runner.finished(st) == 0
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]  # the study's run and the trial's
+    monkeypatch.setattr(runner, "run_pipeline", real)
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    st = open_study(load_space(path), storage, create=False)
+    assert runner.finished(st) == 2 and sum(t.state.name == "COMPLETE" for t in st.trials) == 2

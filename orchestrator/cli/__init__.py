@@ -12,7 +12,7 @@ import json
 import click
 from pydantic import ValidationError
 
-from ..errors import OrchestratorError
+from ..errors import OrchestratorError, describe_validation
 
 
 def _one_line_errors(fn):
@@ -25,9 +25,7 @@ def _one_line_errors(fn):
         except OrchestratorError as exc:
             raise click.ClickException(str(exc)) from None
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(map(str, err["loc"]))
-            raise click.ClickException(f"invalid value for {key!r}: {err['msg']} (got {err.get('input')!r})") from None
+            raise click.ClickException(describe_validation(exc)) from None
 
     return wrapper
 

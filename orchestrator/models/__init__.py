@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from ..errors import ModelSpecError
+from ..errors import ModelSpecError, describe_validation
 from . import mobilenetv2, resnet, vgg
 
 
@@ -66,9 +67,13 @@ def _match(arch: str) -> tuple[Family, re.Match]:
                          "(and resnet<6n+2>[b] for other depths)")
 
 
+def _check_width_mult(width_mult) -> None:
+    if not (isinstance(width_mult, (int, float)) and math.isfinite(width_mult) and width_mult > 0):
+        raise ModelSpecError(f"width_mult={width_mult} must be a finite number > 0")
+
+
 def default_widths(arch: str, width_mult: float = 1.0) -> dict:
-    if not width_mult > 0:
-        raise ModelSpecError(f"width_mult={width_mult} must be > 0")
+    _check_width_mult(width_mult)
     family, m = _match(arch)
     return family.default(m, width_mult).model_dump()
 
@@ -80,15 +85,14 @@ def build_model(arch: str, num_classes: int = 10, widths: dict | BaseModel | Non
         raise ModelSpecError(f"num_classes={num_classes} must be >= 2")
     family, m = _match(arch)
     if widths is None:
+        _check_width_mult(width_mult)
         spec = family.default(m, width_mult)
     else:
         try:
             raw = widths.model_dump() if isinstance(widths, BaseModel) else widths
             spec = family.widths_cls.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"])) or "widths"
-            raise ModelSpecError(f"invalid widths for {arch!r} at {where}: {err['msg']}") from None
+            raise ModelSpecError(f"widths of {arch!r}: {describe_validation(exc, 'width spec')}") from None
         problem = family.check(m, spec)
         if problem:
             raise ModelSpecError(f"invalid widths for {arch!r}: {problem}")

@@ -36,6 +36,11 @@ def group_ratios(model: nn.Module, groups: dict[str, Group], ratio: float, stage
     unknown = [n for n in [*skip, *(per_group or {})] if n not in channel_groups(model)]
     if unknown:
         raise OrchestratorError(f"unknown channel group {unknown[0]!r}; allowed: {', '.join(channel_groups(model))}")
+    if stage_ratios is not None and model.arch != "mobilenetv2":
+        stages = 1 + max(stage_of(g) for g in channel_groups(model).values())
+        if len(stage_ratios) > stages:
+            raise OrchestratorError(f"stage_ratios has {len(stage_ratios)} entries; {model.arch} has {stages} "
+                                    f"stages: give at most {stages}")
     out = {}
     for name, g in groups.items():
         if name in skip:

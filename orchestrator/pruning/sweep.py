@@ -10,7 +10,8 @@ from torch import nn
 from ..data import Split
 from ..train import evaluate
 from .core import check_ratio, finalize_, prunable_layers
-from .registry import PruneData, parse_config, prune_
+from ..errors import OrchestratorError
+from .registry import METHODS, PruneData, parse_config, prune_
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_METHODS = ("global_magnitude", "layer_magnitude", "random")
@@ -24,6 +25,10 @@ def sweep(model: nn.Module, split: Split, normalization: dict, methods=DEFAULT_M
     With `bn_recalibration` > 0, BN statistics are re-estimated on that many `train_split` images
     after pruning (no weight is trained) and the method is labeled `<method>+bn`.
     """
+    if not methods:
+        raise OrchestratorError(f"no method to sweep; allowed: {', '.join(METHODS)}")
+    if not ratios:
+        raise OrchestratorError("no ratio to sweep; give ratios in [0, 1), e.g. 0,0.5,0.9")
     suffix = "+bn" if bn_recalibration else ""
     configs = {m + suffix: parse_config({"method": m, "bn_recalibration": bn_recalibration}) for m in methods}
     data = PruneData(train=train_split, normalization=normalization, device=device) if bn_recalibration else None

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import OrchestratorError
+from ..paths import sqlite_file, writable_dir, writable_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
 from .pareto import export_pareto, rows
@@ -29,7 +30,8 @@ HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (
 def _optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with its traceback at WARNING; the runner logs one line per failure itself
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -46,8 +48,10 @@ def storage_for(url: str):
             with warnings.catch_warnings():  # heartbeats are flagged experimental; resume relies on them
                 warnings.simplefilter("ignore")
                 beat = max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
+                # an unreachable server fails in seconds, not after the system's TCP timeout
+                engine = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=beat, grace_period=3 * beat,
+                    url, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except Exception as exc:
             last = exc
@@ -135,8 +139,17 @@ def finished(study) -> int:
     (a trial lost with a killed worker is retried instead). A repeat of a finished configuration, answered
     from its record, costs nothing and does not count."""
     return sum((t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs)
-               or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
+               or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs and not t.user_attrs.get("environmental"))
                for t in study.get_trials(deepcopy=False))
+
+
+def environmental(exc: BaseException) -> bool:
+    """A failure of the machine or its files (missing data, unreadable base, full disk, lost server),
+    not of the trial's configuration: it stops the study and costs no budget."""
+    from ..errors import CheckpointError, DataError
+
+    return isinstance(exc, (OSError, MemoryError, DataError, CheckpointError)) or \
+        type(exc).__module__.startswith(("mlflow", "sqlalchemy", "psycopg"))
 
 
 def same_pipeline(study, pipeline: dict):
@@ -159,13 +172,22 @@ def objectives_of(space: SearchSpace, result: dict) -> list[float]:
     return [values[o] for o in space.objectives]
 
 
-def preflight(space: SearchSpace, data_dir) -> list[dict]:
+def preflight(space: SearchSpace, data_dir, out_dir="runs/studies", storage: str = DEFAULT_STORAGE,
+              tracking_uri: str | None = None) -> list[dict]:
     """What every trial needs, checked before the study opens or spends anything: a readable base whose
-    layer groups the space names, and a valid data directory. Returns the splits trials use (name, split,
-    size, content hash), which each trial's MLflow run records as its dataset inputs."""
+    layer groups the space names, a valid data directory, writable outputs (trial files, an SQLite
+    storage) and a reachable MLflow server. Returns the splits trials use (name, split, size, content
+    hash), which each trial's MLflow run records as its dataset inputs."""
     from ..checkpoint import load_model
     from ..data import load_split, resolve_data_dir, split_validation
 
+    writable_dir(Path(out_dir) / space.name, "--out")
+    if sqlite_file(storage):
+        writable_file(sqlite_file(storage), "--storage")
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        writable_file(sqlite_file(tracking_uri), "--mlflow")
+    elif tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
     model, ckpt = load_model(space.base)
     space.check_base(model)
     test = load_split(ckpt.dataset, "test", data_dir)
@@ -178,6 +200,20 @@ def preflight(space: SearchSpace, data_dir) -> list[dict]:
             for k, v in splits.items()]
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """An MLflow server answers its health check within `timeout` seconds (MLflow's own client retries an
+    unreachable server for minutes before it gives up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise OrchestratorError(f"--mlflow {uri}: no MLflow server answers there ({reason}); start one "
+                                "(mlflow server) or give a local store, e.g. sqlite:///mlflow.db") from None
+
+
 def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=None, out_dir="runs/studies",
               tracking_uri: str | None = None, device="cpu", trials: int | None = None, progress=False,
               on_trial=None, footer: str = ""):
@@ -185,7 +221,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
 
     The study's MLflow parent run is RUNNING while a worker runs trials, gets the Pareto files when the
     worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt)."""
-    datasets = preflight(space, data_dir)
+    datasets = preflight(space, data_dir, out_dir, storage, tracking_uri)
     study = open_study(space, storage)
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
@@ -216,10 +252,15 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
     def objective(trial):
         try:
             return run_trial(trial)
-        except Exception as exc:  # any failure is recorded with its reason and counts against the budget
+        except Exception as exc:  # recorded with its reason; counts against the budget unless environmental
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
                 log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            if environmental(exc):
+                trial.set_user_attr("environmental", True)
+                stopped.append(f"trial {trial.number} failed for a reason outside its configuration, so the "
+                               f"study stops (no budget spent; fix it and run again): {type(exc).__name__}: {exc}")
+                study.stop()
             raise
 
     def run_trial(trial):
@@ -274,6 +315,7 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
             st.stop()
 
     duplicates: list[int] = []
+    stopped: list[str] = []
     timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
     deadline = None if timeout is None else time.monotonic() + timeout
     spent = finished(study)
@@ -285,6 +327,8 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         before, repeats = finished(study), len(duplicates)
         study.optimize(objective, n_trials=target - before, timeout=left, catch=(Exception,),
                        callbacks=[stop_at_budget])
+        if stopped:
+            raise OrchestratorError(stopped[0].splitlines()[0][:600])
         if finished(study) == before and len(duplicates) == repeats:
             break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
     if finished(study) < target and len(duplicates) > max(10, space.budget.trials):

@@ -1,0 +1,50 @@
+"""Output locations checked before any work starts.
+
+A job that cannot write its result must fail in its first second, naming the path, not after an
+epoch of training (or a whole study) with a traceback. Each check creates the folder and writes
+and removes a probe file, which is what the job will do: permissions, read-only mounts, a file in
+the way of a folder and a full disk are all found the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import OrchestratorError
+
+
+def _probe(folder: Path, what: str, path) -> None:
+    above = next((a for a in (folder, *folder.parents) if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise OrchestratorError(f"{what} {path}: {above} is a file, not a folder")
+    probe = folder / f".orchestrator-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def writable_file(path, what: str = "--out") -> Path:
+    """`path` as a file the job can write (its folder created); else one error naming `what` and the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise OrchestratorError(f"{what} {path} is a folder; give a file path")
+    _probe(p.parent, what, path)
+    return p
+
+
+def writable_dir(path, what: str = "--out") -> Path:
+    """`path` as a folder the job can write into (created); else one error naming `what` and the path."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OrchestratorError(f"{what} {path} is a file; give a folder")
+    _probe(p, what, path)
+    return p
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an `sqlite:///FILE` URL, None for other URLs."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
