@@ -257,3 +257,21 @@ def test_an_environmental_failure_stops_the_study_and_spends_no_budget(base, cif
     assert r.exit_code == 0, r.output
     st = open_study(load_space(path), storage, create=False)
     assert runner.finished(st) == 2 and sum(t.state.name == "COMPLETE" for t in st.trials) == 2
+
+
+def test_workers_option_runs_local_processes_with_a_share_of_the_cores(base, cifar10_dir, in_tmp):
+    from orchestrator.study.workers import threads_per_worker
+    assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(4, cores=16) == 4 and threads_per_worker(8, 2) == 1
+    path = space_file(in_tmp, base, budget={"trials": 4})
+    storage, uri = f"sqlite:///{in_tmp}/optuna.db", f"sqlite:///{in_tmp}/mlflow.db"
+    r = run("study", "run", path, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--out",
+            in_tmp / "studies", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("threads, log") == 2 and "exit 0" in r.output
+    logs = sorted((in_tmp / "studies" / "tiny" / "workers").glob("worker-*.log"))
+    assert len(logs) == 2
+    st = open_study(load_space(path), storage, create=False)
+    complete = [t for t in st.trials if t.state.name == "COMPLETE"]
+    assert 4 <= len(complete) <= 5 and len({t.number for t in st.trials}) == len(st.trials)
+    one_line_error(run("study", "run", path, "--storage", storage, "--data-dir", in_tmp / "nowhere", "--workers", "2"),
+                   "nowhere")  # preflight once, before any worker starts

@@ -20,7 +20,7 @@ def study():
     """Optuna multi-objective studies over compression pipelines, tracked in MLflow."""
 
 
-def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist):
+def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist, workers=1):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
     from ..study.pareto import rows
 
@@ -28,6 +28,8 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
     storage = storage or DEFAULT_STORAGE
     if must_exist:
         open_study(space, storage, create=False)
+    if workers > 1:
+        return _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers)
 
     def echo(number, params, values):
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -47,13 +49,37 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
                    + f": trials {host}/{views['table']}\n  accuracy vs footprint {host}/{views['chart']}")
 
 
+def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers):
+    """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
+    from ..errors import OrchestratorError
+    from ..study import open_study, status
+    from ..study.runner import preflight
+    from ..study.workers import run_workers
+
+    from ..study.tracking import Tracker
+
+    preflight(space, data_dir, out_dir, storage, tracking_uri)
+    open_study(space, storage)  # the study and the MLflow store and experiment are created once here,
+    Tracker(tracking_uri, space.name)  # so the workers do not race through the schema migrations
+    argv = ["study", "run", str(space_file), "--storage", storage, "--out", str(out_dir), "--device", device,
+            "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
+            *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else [])]
+    code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo)
+    click.echo(f"{space.name}: {status(open_study(space, storage, create=False))}")
+    if code:
+        raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
+
+
 def _common(fn):
     for opt in reversed([storage_option, mlflow_option, data_dir_option, device_option,
                          click.option("--out", "out_dir", default="runs/studies", show_default=True,
                                       help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
                          click.option("--trials", type=click.IntRange(min=1), default=None,
                                       help="At most this many trials now (default: up to the budget)."),
-                         click.option("--quiet", is_flag=True, help="No training progress output.")]):
+                         click.option("--quiet", is_flag=True, help="No training progress output."),
+                         click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                                      help="Local worker processes sharing the study, each with cores/N torch "
+                                           "threads (more than one needs more than 2 cores to pay off).")]):
         fn = opt(fn)
     return fn
 
@@ -63,8 +89,9 @@ def _run_command(name: str, must_exist: bool, doc: str):
     @click.argument("space_file", type=click.Path(dir_okay=False))
     @_common
     @_one_line_errors
-    def command(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet):
-        _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist=must_exist)
+    def command(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, workers):
+        _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist=must_exist,
+             workers=workers)
 
     return command
 

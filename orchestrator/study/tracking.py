@@ -172,10 +172,16 @@ class Tracker:
             for run in self.client.search_runs([self.experiment_id], f"attributes.run_id IN ({ids})",
                                                max_results=len(chunk)):
                 current[run.info.run_id] = run.data.tags.get("orchestrator.pareto")
+        from mlflow.exceptions import MlflowException
+
         for rid in all_ids:
             value = "true" if rid in run_ids else "false"
             if current.get(rid) != value:
-                self.client.set_tag(rid, "orchestrator.pareto", value)
+                try:
+                    self.client.set_tag(rid, "orchestrator.pareto", value)
+                except MlflowException:  # another worker wrote the tag at the same moment (SQLite store)
+                    time.sleep(0.2 + random.random() * 0.3)
+                    self.client.set_tag(rid, "orchestrator.pareto", value)
 
     def log_parent_files(self, parent: str, paths: list[Path], folder: str = "pareto") -> None:
         for p in paths:
