@@ -94,7 +94,7 @@ def main():
             results[k].append(run(*v, steps=args.steps if v[0] == "train" else max(2, args.steps // 4), device=device))
     print(f"{args.arch} on {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}); median of {args.rounds} rounds")
-    print(f"| variant | images/s | vs contiguous |\n|---|---:|---:|")
+    print("| variant | images/s | vs contiguous |\n|---|---:|---:|")
     for k, r in results.items():
         med = statistics.median(r)
         ref = statistics.median(results.get(k.replace("channels_last", "contiguous"), r))

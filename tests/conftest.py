@@ -87,3 +87,74 @@ def base(cifar10_dir, tmp_path) -> Path:
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     return out
+
+
+def bad_config():
+    """The exceptions a rejected config raises: pydantic's (a field or key) or ours (a cross-field rule)."""
+    from pydantic import ValidationError
+
+    from orchestrator.errors import OrchestratorError
+
+    return (ValidationError, OrchestratorError)
+
+
+# --- helpers shared by the test modules (imported as `from conftest import ...`) ---
+
+def run(*args):
+    """The CLI in-process, every argument as a string."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, pattern):
+    """A failed command that printed exactly one `Error:` line matching `pattern`, and no traceback."""
+    import re
+
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.output
+
+
+TOY_NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def toy_split(n=48, seed=0):
+    import torch
+
+    from orchestrator.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    return Split("toy", torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                 torch.arange(n) % 10, [str(i) for i in range(10)])
+
+
+def toy_data(tmp_path=None, **kw):
+    from orchestrator.pruning import PruneData
+
+    return PruneData(train=toy_split(48), val=toy_split(20, seed=1), normalization=TOY_NORM,
+                     work_dir=tmp_path, **kw)
+
+
+def space_file(tmp_path, base, **over):
+    """A tiny search space over the `base` fixture's model, written to tmp_path/space.yaml."""
+    import yaml
+
+    space = {"name": "tiny", "base": str(base), "val_size": 20,
+             "finetune": {"batch_size": 16},
+             "dimensions": {"method": ["none", "global_magnitude", "l1_filter"], "ratio": [0.3, 0.6],
+                            "finetune_epochs": [0], "bits": [32, 4], "act_bits": [32]},
+             "sampler": {"name": "random", "seed": 0}, "budget": {"trials": 4}}
+    space.update(over)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder (./mlruns) lands here
+    return tmp_path

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
-from test_cli import one_line_error, run
+from conftest import one_line_error, run
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from test_cli import one_line_error, run
+from conftest import one_line_error, run
 
 
 def test_prune_unstructured_prints_per_layer_sparsity_and_saves_a_plain_checkpoint(base, cifar10_dir, tmp_path):

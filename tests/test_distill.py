@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import bad_config
 from orchestrator.distill import KDConfig, kd_loss, kd_loss_fn
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import build_model
@@ -31,11 +32,11 @@ def test_kd_soft_term_is_minimized_at_the_teachers_logits():
 
 
 def test_kd_config_is_strict():
-    with pytest.raises(Exception, match="temperature"):
+    with pytest.raises(bad_config(), match="temperature"):
         KDConfig(temperature=0)
-    with pytest.raises(Exception, match="alpha"):
+    with pytest.raises(bad_config(), match="alpha"):
         KDConfig(alpha=1.5)
-    with pytest.raises(Exception, match="beta"):
+    with pytest.raises(bad_config(), match="beta"):
         KDConfig(beta=1)
 
 
@@ -46,7 +47,7 @@ def test_kd_hook_freezes_the_teacher_and_fine_tunes_with_it():
     student = build_model("resnet8", width_mult=0.25)
     fn(student(x), y, x).backward()
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
-    from test_pruning_methods import toy_data
+    from conftest import toy_data
     data = toy_data()
     config = {"method": "l1_filter", "ratio": 0.5, "finetune": {"epochs": 1, "batch_size": 16, "kd": {"alpha": 0.5}}}
     with pytest.raises(OrchestratorError, match="no teacher"):

@@ -10,8 +10,8 @@ import torch
 from orchestrator.footprint.export import load_export
 from orchestrator.study import load_space, run_study
 from orchestrator.study.mlview import SHARED_VIEW_TAG, share_key
-from test_cli import one_line_error, run
-from test_study import in_tmp, space_file  # noqa: F401  (fixture)
+from conftest import one_line_error, run
+from conftest import space_file
 
 QUANT_DIMS = {"method": ["global_magnitude"], "ratio": [0.3, 0.6], "finetune_epochs": [0], "bits": [4],
               "act_bits": [8], "group_act_bits": {"stage1": [4, 6]}}

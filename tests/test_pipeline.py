@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from conftest import bad_config
 from orchestrator.errors import OrchestratorError
 from orchestrator.footprint import measure
 from orchestrator.footprint.export import load_export
@@ -73,15 +74,15 @@ def test_finetune_step_keeps_pruned_weights_zero():
 
 
 def test_bad_pipelines_are_rejected_with_the_step_or_key_named():
-    with pytest.raises(Exception, match="unknown step 'distil'"):
+    with pytest.raises(bad_config(), match="unknown step 'distil'"):
         PipelineConfig(steps=[{"distil": {}}])
-    with pytest.raises(Exception, match="quantize must come after"):
+    with pytest.raises(bad_config(), match="quantize must come after"):
         PipelineConfig(steps=[{"quantize": {}}, {"finetune": {}}])
-    with pytest.raises(Exception, match="bits"):
+    with pytest.raises(bad_config(), match="bits"):
         PipelineConfig(steps=[{"quantize": {"bits": "eight"}}])
-    with pytest.raises(Exception, match="unknown pruning method 'magic'"):
+    with pytest.raises(bad_config(), match="unknown pruning method 'magic'"):
         PipelineConfig(steps=[{"prune": {"method": "magic"}}])
-    with pytest.raises(Exception, match="stepz"):
+    with pytest.raises(bad_config(), match="stepz"):
         PipelineConfig.model_validate({"stepz": [], "steps": [{"finetune": {}}]})
     with pytest.raises(OrchestratorError, match="no base checkpoint"):
         run_pipeline(PipelineConfig(steps=[{"finetune": {}}]), out="x.pt")

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from conftest import with_bn_stats
+from conftest import bad_config, toy_data, with_bn_stats
 from orchestrator.checkpoint import from_model, load_model, save_checkpoint
 from orchestrator.errors import OrchestratorError
 from orchestrator.footprint import measure
@@ -11,7 +11,6 @@ from orchestrator.models import build_model
 from orchestrator.pruning import finalize_, prune_
 from orchestrator.quant import QuantConfig, quantize_
 from orchestrator.quant.fake import ActQuant, WeightFakeQuant
-from test_pruning_methods import toy_data
 
 NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -105,15 +104,15 @@ def test_ptq_activation_calibration_sets_ranges():
 def test_bad_bit_widths_and_names_are_clear_errors():
     model = build_model("resnet8")
     for bad in (0, 33, "eight", 2.5, True):
-        with pytest.raises(Exception, match="bits"):
+        with pytest.raises(bad_config(), match="bits"):
             quantize_(copy.deepcopy(model), {"bits": bad})
-    with pytest.raises(Exception, match="act_bits"):
+    with pytest.raises(bad_config(), match="act_bits"):
         QuantConfig(act_bits=1)
     with pytest.raises(OrchestratorError, match="unknown layer 'layer9.conv'"):
         quantize_(copy.deepcopy(model), {"layer_bits": {"layer9.conv": 4}})
     with pytest.raises(OrchestratorError, match="needs training data"):
         quantize_(copy.deepcopy(model), {"method": "qat"})
-    with pytest.raises(Exception, match="Extra inputs"):
+    with pytest.raises(bad_config(), match="Extra inputs"):
         QuantConfig(bitz=4)
 
 
@@ -154,5 +153,5 @@ def test_group_activation_bits_quantize_each_group_and_survive_checkpoint_and_ex
         quantize_(copy.deepcopy(model), {"act_bits": 8, "group_act_bits": {"stage7": 4}}, toy_data())
     with pytest.raises(OrchestratorError, match="group_act_bits needs act_bits"):
         quantize_(build_model("resnet8"), {"group_act_bits": {"stage1": 4}}, toy_data())
-    with pytest.raises(Exception, match="group_act_bits.stage1"):
+    with pytest.raises(bad_config(), match="group_act_bits.stage1"):
         QuantConfig(act_bits=8, group_act_bits={"stage1": 1})

@@ -7,8 +7,8 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.report import build_report
 from orchestrator.study import load_space, run_study
 from orchestrator.study.runner import open_study
-from test_cli import one_line_error, run
-from test_study import space_file
+from conftest import one_line_error, run
+from conftest import space_file
 
 
 @pytest.fixture

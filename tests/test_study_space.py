@@ -15,8 +15,8 @@ from orchestrator.study import load_space, run_study
 from orchestrator.study.pareto import rows, staircase
 from orchestrator.study.runner import finished, per_trial_seed
 from orchestrator.train import TrainConfig, train
-from test_cli import one_line_error, run
-from test_study import in_tmp, space_file  # noqa: F401  (fixture)
+from conftest import one_line_error, run
+from conftest import space_file
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet20b", "vgg11", "mobilenetv2"])

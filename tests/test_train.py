@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import bad_config
 from orchestrator.data import Split
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import build_model
@@ -100,9 +101,9 @@ def test_divergence_is_reported():
 
 
 def test_config_is_strict():
-    with pytest.raises(Exception, match="extra"):
+    with pytest.raises(bad_config(), match="extra"):
         TrainConfig(epoch=3)
-    with pytest.raises(Exception, match="label_smoothing"):
+    with pytest.raises(bad_config(), match="label_smoothing"):
         TrainConfig(label_smoothing=1.5)
 
 
