@@ -1,9 +1,10 @@
-"""A dependency-free progress bar: live on a terminal, one line per epoch in logs."""
+"""Training progress: a tqdm bar per epoch on a terminal, and one line per epoch in every case (logs)."""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
 class Progress:
@@ -11,19 +12,21 @@ class Progress:
         self.epochs, self.steps, self.enabled = epochs, steps, enabled
         self.stream = stream or sys.stderr
         self.live = enabled and self.stream.isatty()
-        self._last = 0.0
+        self.bar: tqdm | None = None
 
     def update(self, epoch: int, step: int, loss: float, images_per_s: float) -> None:
-        now = time.monotonic()
-        if not self.live or (now - self._last < 0.2 and step < self.steps):
+        if not self.live:
             return
-        self._last = now
-        filled = int(20 * step / self.steps)
-        self.stream.write(f"\repoch {epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
-                          f"{step}/{self.steps} loss {loss:.3f} {images_per_s:,.0f} img/s ")
-        self.stream.flush()
+        if self.bar is None:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", file=self.stream,
+                            leave=False, unit="step", dynamic_ncols=True)
+        self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:,.0f}", refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def epoch_done(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if not self.enabled:
             return
         line = (f"epoch {row['epoch']}/{self.epochs} loss {row['train_loss']:.3f} "
@@ -31,5 +34,5 @@ class Progress:
         if "eval_acc" in row:
             line += f" eval {100 * row['eval_acc']:.2f}%"
         line += f" {row['seconds']:.0f}s {row['images_per_s']:,.0f} img/s"
-        self.stream.write(("\r" if self.live else "") + line + " " * 10 + "\n")
+        self.stream.write(line + "\n")
         self.stream.flush()

@@ -110,3 +110,26 @@ def test_config_is_strict():
 def test_batch_larger_than_data():
     with pytest.raises(OrchestratorError, match="batch_size=128 exceeds the 64"):
         train(tiny(), colour_split(), TrainConfig(epochs=1), NORM, progress=False)
+
+
+def test_progress_shows_a_live_bar_on_a_terminal_and_one_line_per_epoch_anywhere():
+    import io
+
+    from orchestrator.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    row = {"epoch": 1, "train_loss": 1.5, "train_acc": 0.25, "eval_acc": 0.5, "seconds": 3.0, "images_per_s": 1234.0}
+    for stream, live in ((Terminal(), True), (io.StringIO(), False)):
+        bar = Progress(2, 10, stream=stream)
+        for step in range(1, 11):
+            bar.update(0, step, 1.5, 1234.0)
+        bar.epoch_done(row)
+        out = stream.getvalue()
+        assert out.rstrip().endswith("epoch 1/2 loss 1.500 train 25.00% eval 50.00% 3s 1,234 img/s")
+        assert ("epoch 1/2:" in out and "/10 [" in out) == live  # tqdm's bar, only on a terminal
+    quiet = io.StringIO()
+    Progress(2, 10, enabled=False, stream=quiet).epoch_done(row)
+    assert quiet.getvalue() == ""
