@@ -32,9 +32,9 @@ from .footprint import measure
 from .footprint.export import export, load_export
 from .models import layer_groups
 from .paths import writable_file
-from .pruning import PruneData, finalize_, parse_config, prune_
+from .finetune import FinetuneConfig, FinetuneData, finetune
+from .pruning import finalize_, parse_config, prune_
 from .pruning.core import effective_weight, prunable_layers
-from .pruning.registry import FinetuneConfig, finetune
 from .quant import QuantConfig, quantize_
 from .train import evaluate
 from .yamlio import read_mapping
@@ -236,7 +236,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
 
 
 def _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
-    data = PruneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
+    data = FinetuneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
                      progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
     t0 = time.perf_counter()
     if name == "prune":

@@ -108,7 +108,8 @@ def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, 
     Retraining state lives in `<out>.work/` until the job finishes, so a killed job resumes there.
     """
     from .footprint import measure
-    from .pruning import PruneData, finalize_, parse_config, prune_, sparsity
+    from .finetune import FinetuneData
+    from .pruning import finalize_, parse_config, prune_, sparsity
 
     config = parse_config(config)
     out = writable_file(out)
@@ -116,7 +117,7 @@ def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, 
     data = None
     if config.needs_data():
         train_split, val = _splits(base.dataset, data_dir, val_size)
-        data = PruneData(train=train_split, val=val, normalization=base.normalization, device=device,
+        data = FinetuneData(train=train_split, val=val, normalization=base.normalization, device=device,
                          progress=progress, work_dir=out.with_name(out.name + ".work"),
                          teacher=_teacher(teacher, base) if teacher else None)
     before = measure(model)

@@ -133,9 +133,9 @@ def toy_split(n=48, seed=0):
 
 
 def toy_data(tmp_path=None, **kw):
-    from orchestrator.pruning import PruneData
+    from orchestrator.finetune import FinetuneData
 
-    return PruneData(train=toy_split(48), val=toy_split(20, seed=1), normalization=TOY_NORM,
+    return FinetuneData(train=toy_split(48), val=toy_split(20, seed=1), normalization=TOY_NORM,
                      work_dir=tmp_path, **kw)
 
 

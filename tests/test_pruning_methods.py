@@ -9,7 +9,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.footprint import measure
 from orchestrator.models import build_model, count_parameters
 from orchestrator.pruning import METHODS, finalize_, parse_config, prune_, sparsity
-from orchestrator.pruning import registry
+from orchestrator import finetune as finetune_layer
 from orchestrator.pruning.channels import keep_global, keep_per_group
 from orchestrator.pruning.core import effective_weight, prunable_layers
 from orchestrator.pruning.sensitivity import ratios_within, sensitivity
@@ -56,7 +56,7 @@ def test_han_masks_only_grow_and_retraining_keeps_pruned_weights_zero(tmp_path, 
     model = build_model("resnet8", width_mult=0.5)
     data = toy_data(tmp_path)
     seen = []
-    real_train = registry.train
+    real_train = finetune_layer.train
 
     def spy(m, *a, **kw):  # zeros before each round's retraining must still be zero after it
         zeros = {n: (effective_weight(l) == 0) for n, l in prunable_layers(m).items()}
@@ -66,7 +66,7 @@ def test_han_masks_only_grow_and_retraining_keeps_pruned_weights_zero(tmp_path, 
             assert not effective_weight(l)[zeros[n]].any()
         return out
 
-    monkeypatch.setattr(registry, "train", spy)
+    monkeypatch.setattr(finetune_layer, "train", spy)
     prune_(model, {"method": "han", "ratio": 0.8, "rounds": 3, "finetune": FT}, data)
     monkeypatch.undo()
     levels = [sum(int(z.sum()) for z in r.values()) for r in seen]
@@ -82,7 +82,7 @@ def test_han_resumes_after_a_kill_with_the_same_result(tmp_path, monkeypatch):
     torch.manual_seed(0)
     start = build_model("resnet8", width_mult=0.5)
     reference = finalize_(prune_(copy.deepcopy(start), config, toy_data()))
-    real_train, calls = registry.train, []
+    real_train, calls = finetune_layer.train, []
 
     def killed_in_round_two(*a, **kw):
         calls.append(1)
@@ -90,7 +90,7 @@ def test_han_resumes_after_a_kill_with_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train(*a, **kw)
 
-    monkeypatch.setattr(registry, "train", killed_in_round_two)
+    monkeypatch.setattr(finetune_layer, "train", killed_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         prune_(copy.deepcopy(start), config, toy_data(tmp_path))
     monkeypatch.undo()

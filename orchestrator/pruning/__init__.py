@@ -12,7 +12,7 @@ Methods are registered configs (`registry`); `prune_(model, config, data)` runs 
 
 from . import structured, taylor, thinet, unstructured  # noqa: F401  (registers the methods)
 from .core import finalize_, sparsity
-from .registry import METHODS, FinetuneConfig, PruneConfig, PruneData, parse_config, prune_
+from .registry import METHODS, PruneConfig, parse_config, prune_
 
-__all__ = ["METHODS", "FinetuneConfig", "PruneConfig", "PruneData", "finalize_", "parse_config", "prune_",
+__all__ = ["METHODS", "FinetuneConfig", "PruneConfig", "FinetuneData", "finalize_", "parse_config", "prune_",
            "sparsity"]

@@ -7,37 +7,19 @@ selection, application and schedule. Adding a method is adding one file that cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Callable, ClassVar, Literal
+from typing import Annotated, Callable, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import Split
-from ..distill import KDConfig, kd_loss_fn
 from ..errors import OrchestratorError
-from ..train import TrainConfig, recalibrate_bn, train
+from ..finetune import FinetuneData
+from ..train import recalibrate_bn
 from .core import prunable_layers
 
 
 Ratio = Annotated[float, Field(ge=0, lt=1)]  # fraction of weights (or channels) removed
 GroupRatios = dict[str, Ratio]  # per layer group (models.layer_groups: stem, stage1.., classifier)
-
-
-class FinetuneConfig(TrainConfig):
-    """Training after (or between) pruning steps: fine-tune defaults (short, low lr, cosine, no warmup)."""
-
-    epochs: int | float = Field(0, ge=0, le=100_000)  # 0: no fine-tuning; fractions of an epoch allowed
-    lr: float = Field(0.01, gt=0, le=10)
-    schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
-    warmup: float = Field(0.0, ge=0, lt=1)
-    kd: KDConfig | None = None  # distill from PruneData.teacher (the dense baseline) while fine-tuning
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**self.model_dump(exclude={"kd"}))
 
 
 class PruneConfig(BaseModel):
@@ -54,28 +36,7 @@ class PruneConfig(BaseModel):
         return bool(ft and ft.epochs) or self.bn_recalibration > 0
 
 
-@dataclass
-class PruneData:
-    """What data-driven methods get: splits, normalization, device, and where to keep resumable state."""
-
-    train: Split | None = None  # retraining and calibration images
-    val: Split | None = None  # selection and sensitivity (never the test set)
-    normalization: dict = field(default_factory=lambda: {"mean": [0.0] * 3, "std": [1.0] * 3})
-    device: str = "cpu"
-    progress: bool = False
-    work_dir: Path | None = None  # state files of interrupted retraining live here
-    teacher: nn.Module | None = None  # for fine-tunes with `kd`
-    eval_each_epoch: bool = True  # evaluate `val` after every fine-tune epoch (a pipeline evaluates each step itself)
-    log: list[dict] = field(default_factory=list)  # what each step did (rounds, accuracies), for the record
-
-    def require(self, what: str, method: str) -> Split:
-        split = getattr(self, what)
-        if split is None:
-            raise OrchestratorError(f"method {method!r} needs {what} data (pass data=PruneData({what}=...))")
-        return split
-
-
-Method = Callable[[nn.Module, PruneConfig, PruneData | None], nn.Module]
+Method = Callable[[nn.Module, PruneConfig, FinetuneData | None], nn.Module]
 METHODS: dict[str, tuple[type[PruneConfig], Method]] = {}
 
 
@@ -104,7 +65,7 @@ def parse_config(config: PruneConfig | dict) -> PruneConfig:
     return METHODS[name][0].model_validate(config)
 
 
-def prune_(model: nn.Module, config: PruneConfig | dict, data: PruneData | None = None) -> nn.Module:
+def prune_(model: nn.Module, config: PruneConfig | dict, data: FinetuneData | None = None) -> nn.Module:
     """Prune `model` with a registered method; use the returned model.
 
     Unstructured methods attach masks in place (`weight_orig` + `weight_mask`; call `finalize_` to
@@ -120,33 +81,3 @@ def prune_(model: nn.Module, config: PruneConfig | dict, data: PruneData | None 
         recalibrate_bn(model, data.require("train", "BN recalibration"), data.normalization,
                        config.bn_recalibration, data.device)
     return model
-
-
-def finetune(model: nn.Module, config: FinetuneConfig, data: PruneData | None, tag: str,
-             penalty: Callable[[], torch.Tensor] | None = None) -> list[dict]:
-    """Fine-tune with masks (if any) held fixed; resumable through `data.work_dir/<tag>.state`.
-
-    The loss is cross-entropy, or the KD loss against `data.teacher` with `config.kd`, plus `penalty()`.
-    """
-    if not config.epochs:
-        return []
-    if data is None:
-        raise OrchestratorError("fine-tuning needs training data; none was given")
-    split = data.require("train", "fine-tuning")
-    tc = config.train_config()
-    if config.kd is not None:
-        if data.teacher is None:
-            raise OrchestratorError("finetune.kd is set but no teacher model was given (PruneData.teacher)")
-        base = kd_loss_fn(data.teacher.to(data.device), config.kd, tc.label_smoothing)
-    else:
-        base = lambda logits, y, x: F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)  # noqa: E731
-    loss_fn = base if penalty is None else (lambda logits, y, x: base(logits, y, x) + penalty())
-    state = None
-    if data.work_dir:
-        Path(data.work_dir).mkdir(parents=True, exist_ok=True)
-        state = Path(data.work_dir) / f"{tag}.state"
-    history = train(model, split, tc, data.normalization, eval_split=data.val if data.eval_each_epoch else None,
-                    device=data.device, progress=data.progress, state_path=state, loss_fn=loss_fn)
-    data.log.append({"step": tag, "epochs": config.epochs, **({k: history[-1][k] for k in ("train_loss", "eval_acc")
-                                                                if k in history[-1]} if history else {})})
-    return history

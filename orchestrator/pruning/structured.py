@@ -17,7 +17,8 @@ from torch import nn
 
 from .channels import IMPORTANCE, group_ratios, keep_global, keep_per_group
 from .core import ratio_sets
-from .registry import FinetuneConfig, GroupRatios, PruneConfig, PruneData, finetune, register
+from ..finetune import FinetuneConfig, FinetuneData, finetune
+from .registry import GroupRatios, PruneConfig, register
 from .sensitivity import DEFAULT_RATIOS, ratios_within, sensitivity
 from .surgery import channel_groups, remove_channels, stage_of
 
@@ -56,7 +57,7 @@ class RandomFilter(_Filters):
     seed: int = Field(0, ge=0)
 
 
-def _prune_filters(model: nn.Module, config: _Filters, data: PruneData | None, importance) -> nn.Module:
+def _prune_filters(model: nn.Module, config: _Filters, data: FinetuneData | None, importance) -> nn.Module:
     groups = channel_groups(model, _kinds(config.groups))
     listed = {n: r for r, names in ratio_sets(model, config.ratio, config.group_ratios)[:len(config.group_ratios)]
               for n in names}  # layers of the groups given a ratio; a channel group follows its first producer
@@ -86,12 +87,12 @@ def _prune_filters(model: nn.Module, config: _Filters, data: PruneData | None, i
 
 
 @register(L1Filter)
-def l1_filter(model: nn.Module, config: L1Filter, data: PruneData | None) -> nn.Module:
+def l1_filter(model: nn.Module, config: L1Filter, data: FinetuneData | None) -> nn.Module:
     return _prune_filters(model, config, data, IMPORTANCE["l1"])
 
 
 @register(RandomFilter)
-def random_filter(model: nn.Module, config: RandomFilter, data: PruneData | None) -> nn.Module:
+def random_filter(model: nn.Module, config: RandomFilter, data: FinetuneData | None) -> nn.Module:
     return _prune_filters(model, config, data, lambda m, g: IMPORTANCE["random"](m, g, config.seed))
 
 
@@ -112,7 +113,7 @@ class Slimming(PruneConfig):
 
 
 @register(Slimming)
-def slimming(model: nn.Module, config: Slimming, data: PruneData | None) -> nn.Module:
+def slimming(model: nn.Module, config: Slimming, data: FinetuneData | None) -> nn.Module:
     groups = channel_groups(model, _kinds(config.groups))
     gammas = [model.get_submodule(b).weight for g in groups.values() for b in g.bns]
     finetune(model, config.sparsify, data, "sparsify",

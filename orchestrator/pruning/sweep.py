@@ -11,7 +11,8 @@ from ..data import Split
 from ..train import evaluate
 from .core import check_ratio, finalize_, prunable_layers
 from ..errors import OrchestratorError
-from .registry import METHODS, PruneData, parse_config, prune_
+from ..finetune import FinetuneData
+from .registry import METHODS, parse_config, prune_
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_METHODS = ("global_magnitude", "layer_magnitude", "random")
@@ -31,7 +32,7 @@ def sweep(model: nn.Module, split: Split, normalization: dict, methods=DEFAULT_M
         raise OrchestratorError("no ratio to sweep; give ratios in [0, 1), e.g. 0,0.5,0.9")
     suffix = "+bn" if bn_recalibration else ""
     configs = {m + suffix: parse_config({"method": m, "bn_recalibration": bn_recalibration}) for m in methods}
-    data = PruneData(train=train_split, normalization=normalization, device=device) if bn_recalibration else None
+    data = FinetuneData(train=train_split, normalization=normalization, device=device) if bn_recalibration else None
     ratios = [check_ratio(r) for r in ratios]
     rows = list(done or [])
     have = {(r["method"], r["ratio"]) for r in rows}

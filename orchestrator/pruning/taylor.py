@@ -15,7 +15,8 @@ from pydantic import Field
 from torch import nn
 
 from ..loader import DeviceLoader
-from .registry import PruneData, register
+from ..finetune import FinetuneData
+from .registry import register
 from .structured import _Filters, _kinds, _prune_filters
 from .surgery import channel_groups
 
@@ -29,7 +30,7 @@ class TaylorFilter(_Filters):
         return True
 
 
-def taylor_scores(model: nn.Module, data: PruneData, images: int, batch_size: int, kinds) -> dict:
+def taylor_scores(model: nn.Module, data: FinetuneData, images: int, batch_size: int, kinds) -> dict:
     """{group: importance per channel} from BN-parameter gradients on `images` training images."""
     train = data.require("train", "taylor_filter")
     loader = DeviceLoader(train, min(batch_size, len(train)), data.normalization["mean"], data.normalization["std"],
@@ -54,7 +55,7 @@ def taylor_scores(model: nn.Module, data: PruneData, images: int, batch_size: in
 
 
 @register(TaylorFilter)
-def taylor_filter(model: nn.Module, config: TaylorFilter, data: PruneData | None) -> nn.Module:
+def taylor_filter(model: nn.Module, config: TaylorFilter, data: FinetuneData | None) -> nn.Module:
     cache: dict[int, dict] = {}
 
     def importance(m: nn.Module, group) -> torch.Tensor:

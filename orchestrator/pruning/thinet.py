@@ -19,7 +19,8 @@ from torch import nn
 
 from ..loader import normalize
 from .channels import group_ratios
-from .registry import FinetuneConfig, PruneConfig, PruneData, finetune, register
+from ..finetune import FinetuneConfig, FinetuneData, finetune
+from .registry import PruneConfig, register
 from .surgery import Group, channel_groups, remove_channels
 
 
@@ -92,7 +93,7 @@ def contributions(model: nn.Module, group: Group, images: torch.Tensor, location
 
 
 @register(ThiNet)
-def thinet(model: nn.Module, config: ThiNet, data: PruneData | None) -> nn.Module:
+def thinet(model: nn.Module, config: ThiNet, data: FinetuneData | None) -> nn.Module:
     train = data.require("train", config.method)
     gen = torch.Generator().manual_seed(config.seed)
     pick = torch.randperm(len(train), generator=gen)[:config.images]

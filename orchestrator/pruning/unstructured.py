@@ -18,7 +18,8 @@ from pydantic import Field
 from torch import nn
 
 from . import core
-from .registry import FinetuneConfig, GroupRatios, PruneConfig, PruneData, finetune, register
+from ..finetune import FinetuneConfig, FinetuneData, finetune
+from .registry import GroupRatios, PruneConfig, register
 
 
 class _Ratio(PruneConfig):
@@ -54,17 +55,17 @@ def _one_shot(model, scores_fn, select, config, data):
 
 
 @register(GlobalMagnitude)
-def global_magnitude(model: nn.Module, config: GlobalMagnitude, data: PruneData | None) -> nn.Module:
+def global_magnitude(model: nn.Module, config: GlobalMagnitude, data: FinetuneData | None) -> nn.Module:
     return _one_shot(model, core.magnitude, core.select_global, config, data)
 
 
 @register(LayerMagnitude)
-def layer_magnitude(model: nn.Module, config: LayerMagnitude, data: PruneData | None) -> nn.Module:
+def layer_magnitude(model: nn.Module, config: LayerMagnitude, data: FinetuneData | None) -> nn.Module:
     return _one_shot(model, core.magnitude, core.select_per_layer, config, data)
 
 
 @register(RandomUnstructured)
-def random(model: nn.Module, config: RandomUnstructured, data: PruneData | None) -> nn.Module:
+def random(model: nn.Module, config: RandomUnstructured, data: FinetuneData | None) -> nn.Module:
     return _one_shot(model, lambda ls: core.random_scores(ls, config.seed), core.select_global, config, data)
 
 
@@ -81,7 +82,7 @@ class Han(PruneConfig):
 
 
 @register(Han)
-def han(model: nn.Module, config: Han, data: PruneData | None) -> nn.Module:
+def han(model: nn.Module, config: Han, data: FinetuneData | None) -> nn.Module:
     layers = core.prunable_layers(model)
     for r, level in enumerate(core.schedule(config.ratio, config.rounds, config.schedule)):
         scores = core.magnitude(layers)  # pruned weights score 0, so masks only grow
@@ -109,7 +110,7 @@ class Lottery(PruneConfig):
 
 
 @register(Lottery)
-def lottery(model: nn.Module, config: Lottery, data: PruneData | None) -> nn.Module:
+def lottery(model: nn.Module, config: Lottery, data: FinetuneData | None) -> nn.Module:
     layers = core.prunable_layers(model)
     finetune(model, config.finetune.model_copy(update={"epochs": config.rewind_epochs}), data, "rewind")
     rewind = copy.deepcopy(model.state_dict())

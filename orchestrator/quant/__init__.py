@@ -21,7 +21,7 @@ from ..errors import OrchestratorError
 from ..loader import DeviceLoader
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
-from ..pruning.registry import FinetuneConfig, PruneData, finetune
+from ..finetune import FinetuneConfig, FinetuneData, finetune
 from ..quantize import FORMATS, check_bits, quantize_weight_
 from .fake import ActQuant, attach_act_quant_, fake_quantize_weight_, strip_weight_fake_quant_
 
@@ -91,7 +91,7 @@ class QuantConfig(BaseModel):
         return plan
 
 
-def calibrate_(model: nn.Module, data: PruneData, images: int) -> None:
+def calibrate_(model: nn.Module, data: FinetuneData, images: int) -> None:
     """Run `images` training images through the model with every ActQuant recording its range."""
     split = data.require("train", "activation calibration")
     loader = DeviceLoader(split, min(256, len(split)), data.normalization["mean"], data.normalization["std"],
@@ -113,7 +113,7 @@ def calibrate_(model: nn.Module, data: PruneData, images: int) -> None:
         q.calibrating, q.momentum = False, 0.1
 
 
-def quantize_(model: nn.Module, config: QuantConfig | dict, data: PruneData | None = None) -> nn.Module:
+def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData | None = None) -> nn.Module:
     """Quantize `model` in place (PTQ, or QAT with fake quantization then baked weights); returns it."""
     config = config if isinstance(config, QuantConfig) else QuantConfig.model_validate(config)
     if config.needs_data() and data is None:

@@ -18,7 +18,7 @@ from ..errors import OrchestratorError
 from ..models import layer_groups
 from ..pipeline import PipelineConfig
 from ..pruning import METHODS
-from ..pruning.registry import FinetuneConfig
+from ..finetune import FinetuneConfig
 from ..yamlio import read_mapping
 
 
