@@ -43,6 +43,7 @@ def start_server(db: Path, port: int) -> subprocess.Popen:
 
 
 def shot(page, url: str, out: Path, wait_ms: int = 6000) -> None:
+    page.goto("about:blank")  # a new document: a deck reads its #N only when it loads
     page.goto(url)
     page.wait_for_timeout(wait_ms)
     for label in ("Close", "Dismiss"):  # side panels and banners that hide the runs
@@ -77,16 +78,22 @@ def main() -> None:
         kind = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
         parent = next(r for r, t in kind.items() if t.get("orchestrator.kind") == "study")
         front = [r for r, t in kind.items() if t.get("orchestrator.pareto") == "true"]
+        versions = api(base, "model-versions/search", max_results=50).get("model_versions", [])
+        registered = [v["run_id"] for v in versions if v.get("run_id") in kind]
+        front = registered[:1] + front  # the registered front model first
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=a.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1800, "height": 950})
             shot(page, view + "&compareRunsMode=TABLE", a.out_dir / "mlflow_trials_table.png")
             shot(page, view + "&compareRunsMode=CHART", a.out_dir / "mlflow_accuracy_vs_footprint.png")
-            shot(page, f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent}", a.out_dir / "mlflow_study_run.png")
+            ml = "?workflowType=machine_learning"  # the training-runs layout, not the GenAI one
+            shot(page, f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent}{ml}", a.out_dir / "mlflow_study_run.png")
             if front:
-                shot(page, f"{base}/#/experiments/{exp['experiment_id']}/runs/{front[0]}",
+                shot(page, f"{base}/#/experiments/{exp['experiment_id']}/runs/{front[0]}{ml}",
                      a.out_dir / "mlflow_front_trial.png")
-            shot(page, f"{base}/#/models", a.out_dir / "mlflow_registered_models.png", 4000)
+            mine = [v for v in versions if v.get("run_id") in kind]
+            shot(page, f"{base}/#/models/{mine[0]['name']}/versions/{mine[0]['version']}" if mine else f"{base}/#/models",
+                 a.out_dir / "mlflow_registered_model.png", 4000)
             page.set_viewport_size({"width": 1600, "height": 900})
             for i in (1, 2, 5, 7):
                 shot(page, f"file://{a.report_dir.resolve()}/slides.html#{i}", a.out_dir / f"slide{i}.png", 1500)

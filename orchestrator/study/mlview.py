@@ -42,7 +42,7 @@ def view_state(params: list[str]) -> dict:
                              _scatter("orchestrator-val", "footprint_bytes", "val_acc", "validation accuracy vs footprint (B)")],
         "compareRunSections": [{"uuid": "orchestrator", "name": "Accuracy vs footprint", "display": True,
                                 "isReordered": False, "deleted": False, "isExpanded": True}],
-        "hideEmptyCharts": True,
+        "hideEmptyCharts": True, "runsHiddenMode": "SHOW_ALL",  # charts show every trial, not the first 10
     }
 
 
