@@ -20,7 +20,7 @@ from orchestrator.data import load_arrays, load_split
 from orchestrator.footprint import measure
 from orchestrator.footprint.export import export, load_export
 from orchestrator.pruning.core import finalize_, prunable_layers, prune_global_magnitude_
-from orchestrator.quantize import quantize_weight_
+from orchestrator.qformat import quantize_weight_
 from orchestrator.train import evaluate
 
 VARIANTS = {  # name: (global sparsity, weight format, bits)

@@ -20,8 +20,7 @@ from torch import nn
 
 from .errors import CheckpointError, ModelSpecError
 from .models import build_model
-from .quant.fake import attach_act_quant_
-from .quantize import SCALED_FORMATS
+from .qformat import attach_act_quant_, set_weight_spec_, weight_spec
 
 FORMAT = "orchestrator.checkpoint"
 VERSION = 1
@@ -51,9 +50,7 @@ class Checkpoint:
         for name, q in self.quantization.items():
             module = model.get_submodule(name)
             if "format" in q:
-                module.weight_format, module.weight_bits = q["format"], q["bits"]
-                if q["format"] in SCALED_FORMATS:
-                    module.register_buffer("weight_scale", torch.empty(module.weight.shape[0]))
+                set_weight_spec_(module, q["format"], q["bits"])  # the scale comes with the state dict
             if "act_bits" in q:
                 attach_act_quant_(module, q["act_bits"])
                 model.act_bits = max(q["act_bits"], getattr(model, "act_bits", 0))
@@ -105,8 +102,8 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
     if masked:
         raise CheckpointError(f"model still carries pruning masks ({masked[0]}, ...): make them "
                               "permanent (prune.remove) before saving a final checkpoint")
-    quantization = {name: {"format": m.weight_format, "bits": m.weight_bits}
-                    for name, m in model.named_modules() if hasattr(m, "weight_format")}
+    quantization = {name: dict(zip(("format", "bits"), weight_spec(m)))
+                    for name, m in model.named_modules() if weight_spec(m)}
     for name, m in model.named_modules():
         if hasattr(m, "act_quant"):
             quantization.setdefault(name, {})["act_bits"] = m.act_quant.bits

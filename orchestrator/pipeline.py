@@ -32,6 +32,7 @@ from .footprint import measure
 from .footprint.export import export, load_export
 from .models import layer_groups
 from .paths import writable_file
+from .qformat import weight_spec
 from .finetune import FinetuneConfig, FinetuneData, finetune
 from .pruning import finalize_, parse_config, prune_
 from .pruning.core import effective_weight, prunable_layers
@@ -110,7 +111,7 @@ def realized(model: nn.Module) -> dict:
     for group, names in layer_groups(model).items():
         ws = [effective_weight(layers[n]) for n in names]
         zeros[group], sizes[group] = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
-        bits[group] = sorted({getattr(layers[n], "weight_bits", 32) for n in names})
+        bits[group] = sorted({(weight_spec(layers[n]) or (None, 32))[1] for n in names})
         acts[group] = sorted({layers[n].act_quant.bits for n in names if hasattr(layers[n], "act_quant")})
     one = lambda b: b[0] if len(b) == 1 else b  # noqa: E731
     return {"sparsity": {g: round(zeros[g] / sizes[g], 4) for g in sizes},

@@ -84,3 +84,14 @@ def test_a_layer_of_an_unknown_kind_is_never_accounted_as_free():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(4))
     fp = measure(model)
     assert fp.params == sum(p.numel() for p in model.parameters())
+
+
+def test_persistence_reads_the_representation_without_the_quantizer_training_code():
+    """Checkpoints, footprint and export import `qformat`, never `quant/` (PTQ/QAT) or the pruning code."""
+    import subprocess
+    import sys
+    code = ("import sys, orchestrator.checkpoint, orchestrator.footprint, orchestrator.footprint.export; "
+            "print(sorted(m for m in sys.modules if m.startswith(('orchestrator.quant', 'orchestrator.pruning', "
+            "'orchestrator.study'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -13,7 +13,7 @@ from orchestrator.footprint import MICRONET_OPS, MICRONET_PARAMS, measure
 from orchestrator.footprint.export import export, load_export
 from orchestrator.footprint.params import encode_costs, tensor_row
 from orchestrator.models import build_model
-from orchestrator.quantize import quantize_weight_
+from orchestrator.qformat import quantize_weight_
 
 MAP = 32 * 32  # pixels of one CIFAR feature map at full resolution
 
@@ -191,7 +191,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_mixed_activation_bits_store_each_map_at_its_widest_quantized_reader():
-    from orchestrator.quant.fake import attach_act_quant_
+    from orchestrator.qformat import attach_act_quant_
     model = Residual()
     attach_act_quant_(model.conv1, 4)  # x is read by conv1 only (and the add): stored at 4 bits
     attach_act_quant_(model.conv2, 8)  # relu(conv1(x)) is read by conv2: 8 bits

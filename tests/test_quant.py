@@ -10,7 +10,8 @@ from orchestrator.footprint import measure
 from orchestrator.models import build_model
 from orchestrator.pruning import finalize_, prune_
 from orchestrator.quant import QuantConfig, quantize_
-from orchestrator.quant.fake import ActQuant, WeightFakeQuant
+from orchestrator.qformat import ActQuant
+from orchestrator.quant.fake import WeightFakeQuant
 
 NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}
 

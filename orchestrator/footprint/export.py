@@ -29,8 +29,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import build_model
 from ..paths import writable_file
-from ..quant.fake import attach_act_quant_
-from ..quantize import FLOAT_DTYPES, SCALED_FORMATS, weight_codes
+from ..qformat import FLOAT_DTYPES, SCALED_FORMATS, attach_act_quant_, set_weight_spec_, weight_codes, weight_spec
 from .params import parameter_rows, zero_gaps
 
 MAGIC = b"ORCX"
@@ -51,7 +50,7 @@ def unpack_bits(data: bytes, n: int, k: int) -> np.ndarray:
 
 
 def _value_format(module: nn.Module | None, t: torch.Tensor) -> str:
-    fmt = getattr(module, "weight_format", None) if module is not None else None
+    fmt = (weight_spec(module) or (None,))[0] if module is not None else None
     if fmt in SCALED_FORMATS:
         return fmt
     if fmt in FLOAT_DTYPES:
@@ -281,9 +280,7 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         scale = torch.from_numpy(np.frombuffer(streams["scales"], np.float32).copy())
         shaped = scale.view(-1, *([1] * (t.dim() - 1)))
         t = (t.float() * shaped).reshape(e["shape"])
-        module.register_buffer("weight_scale", scale)
-        module.weight_format, module.weight_bits = fmt, bits
+        set_weight_spec_(module, fmt, bits, scale)
     elif fmt in FLOAT_DTYPES.values() and e["kind"] == "weight":
-        module.weight_format = next(k for k, v in FLOAT_DTYPES.items() if v == fmt)
-        module.weight_bits = 16
+        set_weight_spec_(module, next(k for k, v in FLOAT_DTYPES.items() if v == fmt), 16)
     getattr(module, attr).copy_(t.float())

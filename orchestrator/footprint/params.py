@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..qformat import weight_spec
+
 SCALE_BITS = 32  # each per-channel scale is stored as fp32
 MAX_INDEX_BITS = 16
 
@@ -78,10 +80,10 @@ def tensor_row(name: str, t: torch.Tensor, bits: int, scales: int = 0, zero_bits
 
 
 def _quant_attrs(module: nn.Module, t: torch.Tensor) -> tuple[int, int, int]:
-    bits = getattr(module, "weight_bits", None)
-    if bits is None:
+    spec = weight_spec(module)
+    if spec is None:
         return dtype_bits(t), 0, 0
-    scale = getattr(module, "weight_scale", None)
+    bits, scale = spec[1], getattr(module, "weight_scale", None)
     return int(bits), (0 if scale is None else scale.numel()), int(getattr(module, "weight_zero_bits", 0))
 
 

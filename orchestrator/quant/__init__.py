@@ -22,8 +22,8 @@ from ..loader import DeviceLoader
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..quantize import FORMATS, check_bits, quantize_weight_
-from .fake import ActQuant, attach_act_quant_, fake_quantize_weight_, strip_weight_fake_quant_
+from ..qformat import FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_
+from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
 Format = Literal["int", "binary", "fp16", "bf16", "fp32"]  # fp32: weights untouched (activations only)
 

@@ -1,4 +1,7 @@
-"""Weight quantization primitives: the representation that footprint accounting and export read.
+"""Quantized representation: what checkpoints, footprint accounting and export read and write.
+
+It stands apart from `quant/` (PTQ, QAT training): persistence needs the representation, never the
+quantizer's training code.
 
 A quantized conv/linear module keeps a float `weight` that holds exactly the representable values
 (dequantized), and says how they are stored:
@@ -7,6 +10,8 @@ A quantized conv/linear module keeps a float `weight` that holds exactly the rep
 - `weight_bits`: bits per stored value;
 - buffer `weight_scale` (one fp32 per output channel) for "int" and "binary".
 Zeros (pruned weights) stay exactly zero in every format, so pruning and quantization compose.
+A layer whose input is quantized carries an `act_quant` (`ActQuant`: k bits, calibrated range).
+`weight_spec` / `set_weight_spec_` read and write the weight side, so no caller probes attributes.
 """
 
 from __future__ import annotations
@@ -76,3 +81,53 @@ def weight_codes(module: nn.Module) -> torch.Tensor:
     """Integer codes of a quantized module's weight (exact: the weight holds code x scale)."""
     scale = module.weight_scale.view(-1, *([1] * (module.weight.dim() - 1)))
     return torch.round(module.weight.detach().float() / scale).to(torch.int32)
+
+
+def weight_spec(module: nn.Module) -> tuple[str, int] | None:
+    """(format, bits) of a quantized weight, None for a float one."""
+    fmt = getattr(module, "weight_format", None)
+    return None if fmt is None else (fmt, module.weight_bits)
+
+
+def set_weight_spec_(module: nn.Module, fmt: str, bits: int, scale: torch.Tensor | None = None) -> None:
+    """Mark `module`'s weight as stored in `fmt` at `bits` (with its per-channel `scale` when scaled)."""
+    module.weight_format, module.weight_bits = fmt, bits
+    if fmt in SCALED_FORMATS:
+        module.register_buffer("weight_scale", scale if scale is not None else torch.empty(module.weight.shape[0]))
+
+
+class ActQuant(nn.Module):
+    """k-bit fake quantization of a layer's input; `max` is calibrated, `signed` detected."""
+
+    def __init__(self, bits: int, momentum: float = 0.1):
+        super().__init__()
+        self.bits, self.momentum = bits, momentum
+        self.calibrating = False
+        self.register_buffer("max", torch.zeros(()))
+        self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:  # shape tracing (footprint): values do not matter
+            return x
+        if self.training or self.calibrating:
+            with torch.no_grad():
+                m = x.detach().abs().amax().float()
+                self.max.copy_(m if self.max == 0 else (1 - self.momentum) * self.max + self.momentum * m)
+                self.signed |= bool((x < 0).any())
+        # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models) traces this
+        levels = torch.where(self.signed, 2.0 ** (self.bits - 1) - 1, 2.0 ** self.bits - 1)
+        lo = torch.where(self.signed, -levels, torch.zeros_like(levels))
+        scale = self.max / levels
+        q = torch.clamp(torch.round(x / scale), lo, levels) * scale
+        q = torch.where(self.max > 0, q, x)  # an uncalibrated quantizer passes x through
+        return x + (q - x).detach()
+
+
+def _pre_hook(module, args):
+    return (module.act_quant(args[0]),) + tuple(args[1:])
+
+
+def attach_act_quant_(module: nn.Module, bits: int) -> ActQuant:
+    module.act_quant = ActQuant(bits)
+    module._act_quant_hook = module.register_forward_pre_hook(_pre_hook)
+    return module.act_quant
