@@ -115,7 +115,7 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
 def save_checkpoint(path, ckpt: Checkpoint) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated file under `path`."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: workers share a cache
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(ckpt.to_dict(), tmp)

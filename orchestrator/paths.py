@@ -15,11 +15,11 @@ from .errors import OrchestratorError
 
 
 def _probe(folder: Path, what: str, path) -> None:
-    above = next((a for a in (folder, *folder.parents) if a.exists()), None)
-    if above is not None and not above.is_dir():
-        raise OrchestratorError(f"{what} {path}: {above} is a file, not a folder")
     probe = folder / f".orchestrator-probe-{os.getpid()}"
     try:
+        above = next((a for a in (folder, *folder.parents) if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise OrchestratorError(f"{what} {path}: {above} is a file, not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
@@ -30,7 +30,11 @@ def _probe(folder: Path, what: str, path) -> None:
 def writable_file(path, what: str = "--out") -> Path:
     """`path` as a file the job can write (its folder created); else one error naming `what` and the path."""
     p = Path(path)
-    if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except OSError as exc:  # a folder on the way we may not read
+        raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    if is_dir:
         raise OrchestratorError(f"{what} {path} is a folder; give a file path")
     _probe(p.parent, what, path)
     return p
@@ -39,7 +43,11 @@ def writable_file(path, what: str = "--out") -> Path:
 def writable_dir(path, what: str = "--out") -> Path:
     """`path` as a folder the job can write into (created); else one error naming `what` and the path."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
+    try:
+        is_file = p.exists() and not p.is_dir()
+    except OSError as exc:
+        raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    if is_file:
         raise OrchestratorError(f"{what} {path} is a file; give a folder")
     _probe(p, what, path)
     return p

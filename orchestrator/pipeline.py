@@ -121,7 +121,7 @@ def realized(model: nn.Module) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: workers share a cache
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 

@@ -65,7 +65,13 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
             *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else [])]
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo)
-    click.echo(f"{space.name}: {status(open_study(space, storage, create=False))}")
+    st = open_study(space, storage, create=False)
+    click.echo(f"{space.name}: {status(st)}")
+    if not code:  # once, after every worker: the front of the whole study
+        from ..study.runner import publish
+        files = publish(st, space, Tracker(tracking_uri, space.name), out_dir,
+                        footer=f"orchestrator study pareto {space_file} --storage {storage}")
+        click.echo(f"Pareto front -> {files[-1]}")
     if code:
         raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
 

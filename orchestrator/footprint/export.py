@@ -18,6 +18,7 @@ at most 3 bytes per tensor; the header is reported separately.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -148,7 +149,7 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
                                        "dataset": dataset, "normalization": normalization, "tensors": tensors,
                                        **({"activations": acts} if any(acts) else {})},
                                       separators=(",", ":")).encode(), 9)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(MAGIC + bytes([VERSION]) + struct.pack("<I", len(header)) + header + payload)
         tmp.replace(path)

@@ -14,5 +14,4 @@ from . import structured, taylor, thinet, unstructured  # noqa: F401  (registers
 from .core import finalize_, sparsity
 from .registry import METHODS, PruneConfig, parse_config, prune_
 
-__all__ = ["METHODS", "FinetuneConfig", "PruneConfig", "FinetuneData", "finalize_", "parse_config", "prune_",
-           "sparsity"]
+__all__ = ["METHODS", "PruneConfig", "finalize_", "parse_config", "prune_", "sparsity"]

@@ -128,7 +128,8 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         for name, module in layers.items():
             if name != first:  # the first conv reads the 8-bit image itself
                 attach_act_quant_(module, act.get(name, config.act_bits))
-        model.act_bits = max([config.act_bits, *act.values()])  # mixed: footprint reads each layer's own
+        # the widest quantizer attached (the stem's first conv has none); mixed: footprint reads each layer's own
+        model.act_bits = max(m.act_quant.bits for m in layers.values() if hasattr(m, "act_quant"))
     if config.method == "qat":
         for name, module in layers.items():
             if plan[name][0] != "fp32":

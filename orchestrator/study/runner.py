@@ -21,7 +21,7 @@ from ..pipeline import run_pipeline
 from .mlview import write_view
 from .pareto import export_pareto, rows
 from .space import SearchSpace
-from .tracking import Tracker
+from .tracking import PARENT_ATTR, Tracker
 
 DEFAULT_STORAGE = "sqlite:///runs/studies.db"
 HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
@@ -148,7 +148,11 @@ def environmental(exc: BaseException) -> bool:
     not of the trial's configuration: it stops the study and costs no budget."""
     from ..errors import CheckpointError, DataError
 
-    return isinstance(exc, (OSError, MemoryError, DataError, CheckpointError)) or \
+    import torch
+
+    out_of_memory = isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    return out_of_memory or isinstance(exc, (OSError, MemoryError, DataError, CheckpointError)) or \
         type(exc).__module__.startswith(("mlflow", "sqlalchemy", "psycopg"))
 
 
@@ -235,10 +239,18 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         tracker.client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
+    if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
+        publish(study, space, tracker, out_dir, footer)  # else another worker is still at it: the last one publishes
+    return study
+
+
+def publish(study, space: SearchSpace, tracker: Tracker, out_dir, footer: str = "") -> list[Path]:
+    """The end of a study's run: the Pareto files written and logged to its MLflow run, which ends FINISHED."""
+    parent = study.user_attrs[PARENT_ATTR]
     files = export_pareto(study, Path(out_dir) / space.name / "pareto", footer=footer)
     tracker.log_parent_files(parent, files, "pareto")
     tracker.client.set_terminated(parent, "FINISHED")
-    return study
+    return files
 
 
 def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets):
@@ -305,13 +317,18 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         constraint = constraint_of(space, val, base_val)
         if constraint is not None:
             trial.set_constraint("accuracy_drop", constraint)
-        tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
+        try:
+            tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
+        except Exception as exc:  # the run must not stay RUNNING: FAILED with the reason, like a failed pipeline
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            tracker.fail_trial(run_id, f"logging to MLflow failed: {type(exc).__name__}: {exc}")
+            raise
         if on_trial:
             on_trial(trial.number, trial.params, values)
         return values
 
     def stop_at_budget(st, _trial):  # other workers share the study: stop once the budget is spent by anyone
-        if finished(st) >= space.budget.trials or len(duplicates) > max(10, space.budget.trials):
+        if finished(st) >= target or len(duplicates) > max(10, space.budget.trials):
             st.stop()
 
     duplicates: list[int] = []

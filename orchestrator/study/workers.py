@@ -31,7 +31,8 @@ def run_workers(argv: list[str], workers: int, log_dir: Path, echo=print) -> int
             path = log_dir / f"worker-{k}.log"
             logs.append(open(path, "w"))
             procs.append(subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], env=env,
-                                          stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                                          stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True))  # Ctrl-C reaches them once, from here
             echo(f"worker {k}: pid {procs[-1].pid}, {threads} threads, log {path}")
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
