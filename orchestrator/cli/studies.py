@@ -53,10 +53,9 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..errors import OrchestratorError
     from ..study import open_study, status
-    from ..study.runner import preflight
-    from ..study.workers import run_workers
-
+    from ..study.runner import preflight, publish
     from ..study.tracking import Tracker
+    from ..study.workers import run_workers
 
     preflight(space, data_dir, out_dir, storage, tracking_uri)
     open_study(space, storage)  # the study and the MLflow store and experiment are created once here,
@@ -67,13 +66,11 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo)
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
-    if not code:  # once, after every worker: the front of the whole study
-        from ..study.runner import publish
-        files = publish(st, space, Tracker(tracking_uri, space.name), out_dir,
-                        footer=f"orchestrator study pareto {space_file} --storage {storage}")
-        click.echo(f"Pareto front -> {files[-1]}")
     if code:
         raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
+    files = publish(st, space, Tracker(tracking_uri, space.name), out_dir,  # once, after every worker
+                    footer=f"orchestrator study pareto {space_file} --storage {storage}")
+    click.echo(f"Pareto front -> {files[-1]}")
 
 
 def _common(fn):
