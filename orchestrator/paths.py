@@ -14,9 +14,14 @@ from pathlib import Path
 from .errors import OrchestratorError
 
 
-def _probe(folder: Path, what: str, path) -> None:
+def _check(p: Path, want_dir: bool, what: str, path) -> Path:
+    """Create the folder `p` is (or lives in), write and remove a probe there; one error naming the path."""
+    folder = p if want_dir else p.parent
     probe = folder / f".orchestrator-probe-{os.getpid()}"
-    try:
+    try:  # every step may raise OSError: a folder on the way we may not read, a read-only mount, a full disk
+        if p.exists() and p.is_dir() != want_dir:
+            raise OrchestratorError(f"{what} {path} is a file; give a folder" if want_dir
+                                    else f"{what} {path} is a folder; give a file path")
         above = next((a for a in (folder, *folder.parents) if a.exists()), None)
         if above is not None and not above.is_dir():
             raise OrchestratorError(f"{what} {path}: {above} is a file, not a folder")
@@ -25,32 +30,17 @@ def _probe(folder: Path, what: str, path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    return p
 
 
 def writable_file(path, what: str = "--out") -> Path:
     """`path` as a file the job can write (its folder created); else one error naming `what` and the path."""
-    p = Path(path)
-    try:
-        is_dir = p.is_dir()
-    except OSError as exc:  # a folder on the way we may not read
-        raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
-    if is_dir:
-        raise OrchestratorError(f"{what} {path} is a folder; give a file path")
-    _probe(p.parent, what, path)
-    return p
+    return _check(Path(path), False, what, path)
 
 
 def writable_dir(path, what: str = "--out") -> Path:
     """`path` as a folder the job can write into (created); else one error naming `what` and the path."""
-    p = Path(path)
-    try:
-        is_file = p.exists() and not p.is_dir()
-    except OSError as exc:
-        raise OrchestratorError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
-    if is_file:
-        raise OrchestratorError(f"{what} {path} is a file; give a folder")
-    _probe(p, what, path)
-    return p
+    return _check(Path(path), True, what, path)
 
 
 def sqlite_file(url: str) -> Path | None:

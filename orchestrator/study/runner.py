@@ -15,7 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
-from ..errors import OrchestratorError
+import torch
+
+from ..errors import CheckpointError, DataError, OrchestratorError
 from ..paths import sqlite_file, writable_dir, writable_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
@@ -146,10 +148,6 @@ def finished(study) -> int:
 def environmental(exc: BaseException) -> bool:
     """A failure of the machine or its files (missing data, unreadable base, full disk, lost server),
     not of the trial's configuration: it stops the study and costs no budget."""
-    from ..errors import CheckpointError, DataError
-
-    import torch
-
     out_of_memory = isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
     return out_of_memory or isinstance(exc, (OSError, MemoryError, DataError, CheckpointError)) or \
@@ -186,8 +184,8 @@ def preflight(space: SearchSpace, data_dir, out_dir="runs/studies", storage: str
     from ..data import load_split, resolve_data_dir, split_validation
 
     writable_dir(Path(out_dir) / space.name, "--out")
-    if sqlite_file(storage):
-        writable_file(sqlite_file(storage), "--storage")
+    if storage_file := sqlite_file(storage):
+        writable_file(storage_file, "--storage")
     if tracking_uri and tracking_uri.startswith("sqlite:///"):
         writable_file(sqlite_file(tracking_uri), "--mlflow")
     elif tracking_uri and tracking_uri.startswith(("http://", "https://")):
