@@ -20,12 +20,13 @@ from .data import Split
 from .distill import KDConfig, kd_loss_fn
 from .errors import OrchestratorError
 from .train import TrainConfig, train
+from .values import Epochs
 
 
 class FinetuneConfig(TrainConfig):
     """Training after (or between) pruning steps: fine-tune defaults (short, low lr, cosine, no warmup)."""
 
-    epochs: int | float = Field(0, ge=0, le=100_000)  # 0: no fine-tuning; fractions of an epoch allowed
+    epochs: Epochs = 0  # 0: no fine-tuning; fractions of an epoch allowed
     lr: float = Field(0.01, gt=0, le=10)
     schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
     warmup: float = Field(0.0, ge=0, lt=1)

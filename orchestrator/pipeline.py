@@ -4,6 +4,7 @@ A pipeline (YAML or dict) names a base checkpoint and a list of steps, each a on
   prune: <pruning method config>      (structured or unstructured; masks are made permanent)
   finetune: <FinetuneConfig>          (kd allowed; zeros of pruned weights stay zero)
   quantize: <QuantConfig>             (ptq or qat; must come after every prune/finetune step)
+Steps are typed (`steps`): validated once, they run, log and hash as the objects they became.
 After every step the model is evaluated (validation split when `val_size` > 0, else test) and
 measured; the end result is exported, reloaded from the file, evaluated on the test set and
 measured again, so the recorded final footprint is the exported file's. Finished steps are saved
@@ -18,10 +19,8 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -33,60 +32,12 @@ from .footprint.export import export, load_export
 from .models import layer_groups
 from .paths import writable_file
 from .qformat import weight_spec
-from .finetune import FinetuneConfig, FinetuneData, finetune
-from .pruning import finalize_, parse_config, prune_
+from .finetune import FinetuneData, finetune
+from .pruning import finalize_, prune_, sparsity
 from .pruning.core import effective_weight, prunable_layers
-from .quant import QuantConfig, quantize_
+from .quant import quantize_
+from .steps import FinetuneStep, PipelineConfig, PruneStep, QuantizeStep, Step, load_pipeline
 from .train import evaluate
-from .yamlio import read_mapping
-
-STEPS = ("prune", "finetune", "quantize")
-
-
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base: str | None = None  # checkpoint to start from (the CLI may give it instead)
-    teacher: str | None = None  # KD teacher checkpoint; default: the base, when a step uses kd
-    val_size: int = Field(5000, ge=0)  # held-out training images for per-step evaluation (0: test)
-    act_bits: int | None = Field(None, ge=1, le=32)  # footprint activation bits when no step quantizes them
-    steps: list[dict[str, Any]] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check_steps(self):
-        parsed = []
-        for i, step in enumerate(self.steps):
-            if not isinstance(step, dict) or len(step) != 1:
-                raise ValueError(f"steps[{i}] must be a mapping with one key, one of: {', '.join(STEPS)}")
-            (name, cfg), = step.items()
-            if name not in STEPS:
-                raise ValueError(f"steps[{i}]: unknown step {name!r}; allowed: {', '.join(STEPS)}")
-            cfg = cfg or {}
-            if name == "prune":
-                parse_config(cfg)
-            elif name == "finetune":
-                FinetuneConfig.model_validate(cfg)
-            else:
-                QuantConfig.model_validate(cfg)
-            parsed.append(name)
-        if "quantize" in parsed and any(n != "quantize" for n in parsed[parsed.index("quantize"):]):
-            raise ValueError("quantize must come after every prune and finetune step (it fixes the weights' grid)")
-        if parsed.count("quantize") > 1:
-            raise ValueError("at most one quantize step")
-        return self
-
-    def uses_kd(self) -> bool:
-        """Whether any fine-tune (a finetune step, or a prune/quantize step's own) distills."""
-        for step in self.steps:
-            (name, cfg), = step.items()
-            ft = (cfg or {}) if name == "finetune" else ((cfg or {}).get("finetune") or {})
-            if isinstance(ft, dict) and ft.get("kd") is not None:
-                return True
-        return False
-
-
-def load_pipeline(path) -> PipelineConfig:
-    return PipelineConfig.model_validate(read_mapping(path, "pipeline"))
-
 
 @torch.no_grad()
 def hold_zeros_(model: nn.Module) -> None:
@@ -141,7 +92,9 @@ class StepCache:
         self.hits = 0
 
     def key(self, steps: list) -> str:
-        blob = json.dumps({**self.identity, "steps": steps}, sort_keys=True, default=str)
+        """Hash of the identity and the steps as validated (defaults filled in: equal configs, equal keys)."""
+        dumped = [s.model_dump(mode="json") for s in steps]
+        blob = json.dumps({**self.identity, "steps": dumped}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, key: str, device):
@@ -175,9 +128,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     val = None
     if config.val_size:
         train_split, val = split_validation(train_split, config.val_size)
-    teacher = None
-    if config.uses_kd():
-        teacher = load_model(config.teacher or base, device)[0]
+    teacher = _teacher(config.teacher or base, ckpt, device) if config.uses_kd() else None
     eval_split = val if val is not None else test
     act_bits = config.act_bits
     cache = StepCache(cache_dir, base, data_dir, config.val_size, config.teacher, act_bits) if cache_dir else None
@@ -200,14 +151,12 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     if done:
         model = load_model(work / f"step{done}.pt", device)[0]
     for i, step in enumerate(config.steps[done:], start=done + 1):
-        (name, cfg), = step.items()
-        cfg = cfg or {}
         key = cache.key(config.steps[:i]) if cache else None
         hit = cache.get(key, device) if cache else None
         if hit:
             model, record = hit
         else:
-            model, record = _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher,
+            model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
                                       act_bits, device, progress)
             if cache:
                 cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
@@ -226,33 +175,45 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     final["realized"] = realized(exported)
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
-    result = {"pipeline": config.model_dump(), "base": str(base), "steps": records, "final": final,
+    result = {"pipeline": config.model_dump(mode="json"), "base": str(base), "steps": records, "final": final,
               "export": str(export_path), "cache_hits": cache.hits if cache else 0}
+    metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"], "eval_split": eval_split.name,
+               "sparsity": sparsity(exported), "pipeline": result}
     save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
-                                    {"pipeline": config.model_dump(), "base": str(base)},
-                                    {"test_acc": final["test_acc"], "pipeline": result}))
+                                    {"pipeline": config.model_dump(mode="json"), "base": str(base),
+                                     "teacher": str(config.teacher) if config.teacher else None}, metrics))
     _write_json(out.with_suffix(".json"), result)
     shutil.rmtree(work)
     return result
 
 
-def _run_step(model, name, cfg, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
+def _teacher(path, student, device):
+    model, ckpt = load_model(path, device)
+    if ckpt.num_classes != student.num_classes or ckpt.normalization != student.normalization:
+        raise OrchestratorError(f"teacher {path} does not match the student (classes {ckpt.num_classes} vs "
+                                f"{student.num_classes}, or a different input normalization)")
+    return model
+
+
+def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
     data = FinetuneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
                      progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
     t0 = time.perf_counter()
-    if name == "prune":
+    cfg = step.config
+    if step.kind == "prune":
         model = finalize_(prune_(model, cfg, data))
-    elif name == "finetune":
+    elif step.kind == "finetune":
         hold_zeros_(model)
-        finetune(model, FinetuneConfig.model_validate(cfg), data, "finetune")
+        finetune(model, cfg, data, "finetune")
         finalize_(model)
     else:
         model = quantize_(model, cfg, data)
-    record = {"step": name, "config": cfg, "seconds": time.perf_counter() - t0,
+    record = {"step": step.kind, "config": cfg.model_dump(mode="json"), "seconds": time.perf_counter() - t0,
               "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
               **_sizes(model.cpu(), act_bits), "log": data.log}
     shutil.rmtree(work / f"step{i}", ignore_errors=True)
     return model, record
 
 
-__all__ = ["PipelineConfig", "StepCache", "load_pipeline", "run_pipeline", "hold_zeros_"]
+__all__ = ["FinetuneStep", "PipelineConfig", "PruneStep", "QuantizeStep", "Step", "StepCache", "load_pipeline",
+           "run_pipeline", "hold_zeros_"]

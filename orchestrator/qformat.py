@@ -16,49 +16,86 @@ A layer whose input is quantized carries an `act_quant` (`ActQuant`: k bits, cal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
 from .errors import OrchestratorError
-
-FORMATS = ("int", "binary", "fp16", "bf16")
-SCALED_FORMATS = ("int", "binary")  # stored as integer codes x a per-channel `weight_scale`
-FLOAT_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # float formats -> torch dtype names
-
+from .values import IntBits, check
 
 def int_range(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
+def _float(dtype):
+    def quantize(w: torch.Tensor, bits: int):
+        return None, None, w.to(dtype).to(w.dtype)
+    return quantize
+
+
+def _binary(w: torch.Tensor, bits: int):
+    flat = w.detach().reshape(w.shape[0], -1).float()
+    nz = (flat != 0).float()
+    scale = (flat.abs().sum(1) / nz.sum(1).clamp(min=1)).clamp(min=1e-12)  # mean |w| of the kept weights
+    return torch.sign(flat), scale
+
+
+def _int(w: torch.Tensor, bits: int):
+    flat = w.detach().reshape(w.shape[0], -1).float()
+    _, hi = int_range(bits)
+    scale = (flat.abs().amax(1) / hi).clamp(min=1e-12)
+    return torch.clamp(torch.round(flat / scale[:, None]), -hi, hi), scale  # symmetric: -2^(k-1) unused
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """One storage format of quantized weights: how values are rounded, at how many bits, how they are stored.
+
+    Scaled formats store integer codes x one fp32 scale per output channel (`weight_scale`); float
+    formats store the values in `dtype`. Adding a format is adding one entry to `WEIGHT_FORMATS`.
+    """
+
+    name: str
+    round: Callable  # (weight, bits) -> (codes, per-channel scale) for scaled formats; a float quantizer otherwise
+    fixed_bits: int | None = None  # None: the bits are a parameter (validated as `IntBits`)
+    scaled: bool = True
+    dtype: str | None = None  # torch dtype name of stored float values
+
+    def bits(self, bits) -> int:
+        return check(IntBits, bits, "weight bits") if self.fixed_bits is None else self.fixed_bits
+
+
+WEIGHT_FORMATS = {f.name: f for f in (
+    WeightFormat("int", _int),
+    WeightFormat("binary", _binary, fixed_bits=1),
+    WeightFormat("fp16", _float(torch.float16), fixed_bits=16, scaled=False, dtype="float16"),
+    WeightFormat("bf16", _float(torch.bfloat16), fixed_bits=16, scaled=False, dtype="bfloat16"),
+)}
+FORMATS = tuple(WEIGHT_FORMATS)
+SCALED_FORMATS = tuple(n for n, f in WEIGHT_FORMATS.items() if f.scaled)  # integer codes x per-channel scale
+FLOAT_DTYPES = {n: f.dtype for n, f in WEIGHT_FORMATS.items() if not f.scaled}  # float formats -> dtype names
+
+
+def weight_format(fmt: str) -> WeightFormat:
+    if fmt not in WEIGHT_FORMATS:
+        raise OrchestratorError(f"unknown weight format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return WEIGHT_FORMATS[fmt]
+
+
 def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None):
     """(integer codes or None, per-channel scale or None, dequantized float tensor)."""
-    if fmt == "fp16":
-        return None, None, w.to(torch.float16).to(w.dtype)
-    if fmt == "bf16":
-        return None, None, w.to(torch.bfloat16).to(w.dtype)
-    flat = w.detach().reshape(w.shape[0], -1).float()
-    if fmt == "binary":
-        nz = (flat != 0).float()
-        scale = (flat.abs().sum(1) / nz.sum(1).clamp(min=1)).clamp(min=1e-12)  # mean |w| of the kept weights
-        codes = torch.sign(flat)
-    elif fmt == "int":
-        _, hi = int_range(bits)
-        scale = (flat.abs().amax(1) / hi).clamp(min=1e-12)
-        codes = torch.clamp(torch.round(flat / scale[:, None]), -hi, hi)  # symmetric: -2^(k-1) unused
-    else:
-        raise OrchestratorError(f"unknown weight format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    handler = weight_format(fmt)
+    if not handler.scaled:
+        return handler.round(w, bits)
+    codes, scale = handler.round(w, handler.bits(bits))
     deq = (codes * scale[:, None]).reshape(w.shape).to(w.dtype)
     return codes.reshape(w.shape).to(torch.int32), scale, deq
 
 
 def check_bits(fmt: str, bits) -> int:
-    if fmt == "int":
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-            raise OrchestratorError(f"weight bits={bits!r} not supported for 'int'; allowed: integers 2..16")
-        return bits
-    if fmt not in FORMATS:
-        raise OrchestratorError(f"unknown weight format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    return {"binary": 1, "fp16": 16, "bf16": 16}[fmt]
+    return weight_format(fmt).bits(bits)
 
 
 @torch.no_grad()
@@ -92,7 +129,7 @@ def weight_spec(module: nn.Module) -> tuple[str, int] | None:
 def set_weight_spec_(module: nn.Module, fmt: str, bits: int, scale: torch.Tensor | None = None) -> None:
     """Mark `module`'s weight as stored in `fmt` at `bits` (with its per-channel `scale` when scaled)."""
     module.weight_format, module.weight_bits = fmt, bits
-    if fmt in SCALED_FORMATS:
+    if weight_format(fmt).scaled:
         module.register_buffer("weight_scale", scale if scale is not None else torch.empty(module.weight.shape[0]))
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from .data import Split
 from .errors import OrchestratorError
+from .values import Epochs
 from .loader import Augment, DeviceLoader
 from .progress import Progress
 
@@ -30,7 +31,7 @@ class TrainingDiverged(OrchestratorError):
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epochs: int | float = Field(30, ge=0, le=100_000)  # passes over the training split; a fraction (0.25) trains that share
+    epochs: Epochs = 30  # passes over the training split; a fraction (0.25) trains that share
     # of one epoch's steps, the cheap recovery a study can afford on a CPU
     batch_size: int = Field(128, ge=1)  # images per optimizer step
     lr: float = Field(0.1, gt=0, le=10)  # peak learning rate

@@ -1,11 +1,10 @@
-"""End-to-end jobs shared by the CLI and, later, by study trials: data + model + trainer + checkpoint."""
+"""End-to-end jobs of the CLI besides pipelines: training, evaluation, the sweep and the sensitivity analysis."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -78,13 +77,7 @@ def evaluate_checkpoint(path, *, data_dir=None, split: str = "test", val_size: i
     return {"arch": ckpt.arch, "split": data.name, **result}
 
 
-# pruning jobs -----------------------------------------------------------------------------------
-
-def _splits(dataset: str, data_dir, val_size: int):
-    """(train, val) for selection and retraining: the last `val_size` training images are held out."""
-    train_split = load_split(dataset, "train", data_dir)
-    return split_validation(train_split, val_size) if val_size else (train_split, None)
-
+# analysis jobs (no retraining; compression jobs are pipelines: pipeline.run_pipeline) ----------------
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -99,56 +92,6 @@ def _read_json(path: Path, default):
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise OrchestratorError(f"{path} is not valid JSON (a partial result?); delete it to start over") from None
-
-
-def prune_checkpoint(path, config, *, data_dir=None, out, val_size: int = 5000, device="cpu",
-                     progress: bool = True, teacher=None) -> tuple[Checkpoint, dict]:
-    """Prune a checkpoint with a method config, fine-tune if asked, evaluate, save a final checkpoint.
-
-    Retraining state lives in `<out>.work/` until the job finishes, so a killed job resumes there.
-    """
-    from .footprint import measure
-    from .finetune import FinetuneData
-    from .pruning import finalize_, parse_config, prune_, sparsity
-
-    config = parse_config(config)
-    out = writable_file(out)
-    model, base = load_model(path, device)
-    data = None
-    if config.needs_data():
-        train_split, val = _splits(base.dataset, data_dir, val_size)
-        data = FinetuneData(train=train_split, val=val, normalization=base.normalization, device=device,
-                         progress=progress, work_dir=out.with_name(out.name + ".work"),
-                         teacher=_teacher(teacher, base) if teacher else None)
-    before = measure(model)
-    t0 = time.perf_counter()
-    pruned = finalize_(prune_(model, config, data))
-    seconds = time.perf_counter() - t0
-    test = evaluate(pruned, load_split(base.dataset, "test", data_dir), base.normalization, device)
-    after = measure(pruned.cpu())
-    report = {"test_acc": test["acc"], "test_loss": test["loss"], "base_test_acc": base.metrics.get("test_acc"),
-              "params": after.params, "nonzero": after.nonzero, "base_params": before.params,
-              "macs": after.macs, "macs_sparse": after.macs_sparse, "base_macs": before.macs,
-              "param_bits": after.param_bits, "total_bits": after.total_bits, "prune_seconds": seconds,
-              "sparsity": sparsity(pruned), "widths": pruned.widths, "log": data.log if data else []}
-    if data and data.val is not None and data.log:
-        report["val_acc"] = evaluate(pruned, data.val, base.normalization, device)["acc"]
-    run_config = {"prune": config.model_dump(), "base": str(path), "base_config": base.config,
-                  "teacher": str(teacher) if teacher else None,
-                  "val_size": val_size if data else 0, "environment": environment()}
-    ckpt = from_model(pruned.cpu(), base.dataset, base.normalization, run_config, report)
-    save_checkpoint(out, ckpt)
-    if data and data.work_dir and data.work_dir.is_dir():
-        shutil.rmtree(data.work_dir)
-    return ckpt, report
-
-
-def _teacher(path, student: Checkpoint):
-    model, ckpt = load_model(path)
-    if ckpt.num_classes != student.num_classes or ckpt.normalization != student.normalization:
-        raise OrchestratorError(f"teacher {path} does not match the student (classes {ckpt.num_classes} vs "
-                                f"{student.num_classes}, or a different input normalization)")
-    return model
 
 
 def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test", val_size: int = 5000,

@@ -13,7 +13,9 @@ def test_prune_unstructured_prints_per_layer_sparsity_and_saves_a_plain_checkpoi
     assert "layer1.0.conv1" in r.output and "total" in r.output and "70.0%" in r.output
     ckpt = torch.load(out, weights_only=True)
     assert not [k for k in ckpt["state_dict"] if k.endswith(("_orig", "_mask"))]
-    assert ckpt["config"]["prune"]["method"] == "global_magnitude" and ckpt["config"]["prune"]["ratio"] == 0.7
+    prune = ckpt["config"]["pipeline"]["steps"][0]["prune"]
+    assert prune["method"] == "global_magnitude" and prune["ratio"] == 0.7
+    assert (tmp_path / "p.orcx").is_file() and (tmp_path / "p.json").is_file()  # exported and recorded like any pipeline
     assert ckpt["metrics"]["sparsity"]["total"] == pytest.approx(0.7, abs=1e-3)
     r = run("eval", out, "--data-dir", cifar10_dir, "--json")
     assert r.exit_code == 0 and json.loads(r.output)["n"] == 30
@@ -27,7 +29,8 @@ def test_prune_structured_with_finetune_gives_a_smaller_model_that_reloads(base,
     assert "widths:" in r.output and not (tmp_path / "s.pt.work").exists()
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["widths"]["blocks"] == [[4], [8], [24]]
-    assert ckpt["metrics"]["params"] < ckpt["metrics"]["base_params"] and "val_acc" in ckpt["metrics"]
+    steps = ckpt["metrics"]["pipeline"]["steps"]
+    assert steps[1]["params"] < steps[0]["params"] and ckpt["metrics"]["eval_split"] == "cifar10/val"
     r = run("footprint", out, "--no-layers")
     assert r.exit_code == 0, r.output
 
@@ -85,7 +88,7 @@ def test_prune_with_a_teacher_distills(base, cifar10_dir, tmp_path):
             "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     ckpt = torch.load(out, weights_only=True)
-    assert ckpt["config"]["prune"]["finetune"]["kd"] == {"temperature": 4.0, "alpha": 0.9}
+    assert ckpt["config"]["pipeline"]["steps"][0]["prune"]["finetune"]["kd"] == {"temperature": 4.0, "alpha": 0.9}
     assert ckpt["config"]["teacher"] == str(base)
 
 

@@ -178,7 +178,7 @@ def test_bad_inputs(tmp_path):
         export(Toy(), tmp_path / "toy.orcx")
     conv = nn.Conv2d(3, 3, 3)
     for bits in (0, 1, 33, "eight"):
-        with pytest.raises(OrchestratorError, match=f"bits={bits!r} not supported for 'int'; allowed: integers 2..16"):
+        with pytest.raises(OrchestratorError, match=f"weight bits={bits!r} is not allowed; allowed: integers 2..16"):
             quantize_weight_(conv, "int", bits)
     with pytest.raises(OrchestratorError, match="unknown weight format 'int3'"):
         quantize_weight_(conv, "int3")

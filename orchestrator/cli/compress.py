@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import OrchestratorError
-from . import _device, _one_line_errors, data_dir_option, device_option, main
+from .common import _device, _one_line_errors, data_dir_option, device_option, main, read_yaml, run_and_print
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -20,17 +20,10 @@ def _floats(text: str | None, name: str) -> list[float] | None:
         raise OrchestratorError(f"{name}={text!r} must be comma-separated numbers, e.g. 0.1,0.5,0.9") from None
 
 
-def _read_yaml(path, what: str) -> dict:
-    """A mapping from a YAML file ({} without a file)."""
-    from ..yamlio import read_mapping
-
-    return read_mapping(path, what) if path else {}
-
-
 def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr, finetune_bs,
                   config_file):
     """The method config from a YAML file and/or the options actually given (others keep the method's defaults)."""
-    config = _read_yaml(config_file, "pruning config")
+    config = read_yaml(config_file, "pruning config")
     given = {"method": method, "ratio": ratio, "stage_ratios": _floats(stage_ratios, "--stage-ratios"),
              "skip": list(skip) or None, "rounds": rounds, "schedule": schedule}
     config.update({k: v for k, v in given.items() if v is not None})
@@ -45,21 +38,22 @@ def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_
     return config
 
 
-def _print_prune_report(ckpt, report):
-    s = report["sparsity"]
-    structured = report["params"] < report["base_params"]
+def _print_sparsity(out, result):
+    """Per-layer sparsity of the pruned model, its widths when channels went, parameters and MACs."""
+    from ..checkpoint import load_model
+
+    model, ckpt = load_model(out)
+    s = ckpt.metrics["sparsity"]
     click.echo(f"{'layer':<24} {'weights':>9} {'sparsity':>9}")
-    model = ckpt.build()
     for name, m in model.named_modules():
         if name in s:
             click.echo(f"{name:<24} {m.weight.numel():>9,} {100 * s[name]:>8.1f}%")
     click.echo(f"{'total':<24} {'':>9} {100 * s['total']:>8.1f}%")
-    if structured:
-        click.echo(f"widths: {json.dumps(report['widths'])}")
-    base = report["base_test_acc"]
-    click.echo(f"parameters {report['base_params']:,} -> {report['params']:,} (nonzero {report['nonzero']:,}); "
-               f"MACs {report['base_macs']:,} -> {report['macs']:,} (sparse {report['macs_sparse']:,})")
-    click.echo(f"test accuracy {'' if base is None else f'{100 * base:.2f}% -> '}{100 * report['test_acc']:.2f}%")
+    base, f = result["steps"][0], result["final"]
+    if f["params"] < base["params"]:
+        click.echo(f"widths: {json.dumps(model.widths)}")
+    click.echo(f"parameters {base['params']:,} -> {f['params']:,} (nonzero {f['nonzero']:,}); "
+               f"MACs {base['macs']:,} -> {f['macs']:,} (sparse {f['macs_sparse']:,})")
 
 
 @main.command()
@@ -88,9 +82,9 @@ def _print_prune_report(ckpt, report):
 @_one_line_errors
 def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finetune_epochs, finetune_lr,
           finetune_batch_size, teacher, config_file, data_dir, val_size, device, out, list_methods, quiet):
-    """Prune a checkpoint (optionally retraining), print per-layer sparsity, save the pruned model."""
-    from .. import workflows
-    from ..pruning import METHODS
+    """Prune a checkpoint (optionally retraining), print per-layer sparsity, save and export the pruned model."""
+    from ..pipeline import PipelineConfig
+    from ..pruning import METHODS, parse_config
 
     if list_methods:
         for name, (cls, _) in METHODS.items():
@@ -104,10 +98,11 @@ def prune(checkpoint, method, ratio, stage_ratios, skip, rounds, schedule, finet
     out = out or f"runs/{Path(checkpoint).stem}-{config['method']}.pt"
     if teacher:
         config.setdefault("finetune", {}).setdefault("kd", {})
-    ckpt, report = workflows.prune_checkpoint(checkpoint, config, data_dir=data_dir, out=out, val_size=val_size,
-                                              device=_device(device), progress=not quiet, teacher=teacher)
-    _print_prune_report(ckpt, report)
-    click.echo(f"-> {out}")
+    config = parse_config(config)  # its own errors name the method and key as the config file has them
+    val_size = val_size if config.needs_data() else 0  # nothing to select or retrain on: evaluate on test
+    pipeline = PipelineConfig(teacher=teacher, val_size=val_size, steps=[{"prune": config}])
+    result = run_and_print(pipeline, checkpoint, data_dir, out, device, quiet)
+    _print_sparsity(out, result)
 
 
 @main.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import _device, _one_line_errors, data_dir_option, device_option, main
+from .common import _device, _one_line_errors, data_dir_option, device_option, main
 
 storage_option = click.option("--storage", default=None,
                               help="Optuna storage URL (default: sqlite:///runs/studies.db; postgresql://... "

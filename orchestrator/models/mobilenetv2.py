@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from .groups import ChannelGroup
+
 # (expansion t, output channels c, repeats n, first stride s), CIFAR strides
 BASE_CONFIG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -100,3 +102,15 @@ class CifarMobileNetV2(nn.Module):
             return top
         i = int(name.split(".")[1])
         return f"stage{self.stage_of[i]}" if i < len(self.stage_of) else "blocks"
+
+    def channel_groups(self) -> dict[str, ChannelGroup]:
+        """The hidden channels of each expanding block (expand conv -> bn -> depthwise -> bn -> project);
+        the residual stream stays whole."""
+        groups = {}
+        for j, b in enumerate(self.widths["blocks"]):
+            if b["expand"]:
+                p = f"blocks.{j}.conv"
+                stage = self.stage_of[j] - 1 if j < len(self.stage_of) else self.stage_of[-1] - 1
+                groups[f"{p}.0"] = ChannelGroup(f"{p}.0", [f"{p}.0"], [f"{p}.6"], [f"{p}.1", f"{p}.4"], [f"{p}.3"],
+                                                path=("blocks", j, "hidden"), stage=stage)
+        return groups

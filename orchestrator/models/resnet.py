@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from ..errors import ModelSpecError
+from .groups import ChannelGroup
+
 BASE_STAGE_WIDTHS = (16, 32, 64)
 
 
@@ -112,6 +115,46 @@ class CifarResNet(nn.Module):
         return self.linear(x)
 
     GROUPS = {"conv1": "stem", "linear": "classifier"}
+
+    def channel_groups(self) -> dict[str, ChannelGroup]:
+        """Each block's inner channels (conv1 -> bn1 -> conv2), kind "internal"; with option-B shortcuts
+        also each stage's residual stream (the stem or shortcut conv and every block's conv2 write it,
+        every block's conv1, the next shortcut and the classifier read it), kind "stream". Option A's
+        zero-padding shortcut ties stream channels to fixed positions, so its stream stays whole."""
+        w = self.widths
+        groups: dict[str, ChannelGroup] = {}
+        nblocks = len(w["blocks"][0])
+        for s in range(len(w["blocks"])):
+            for i in range(nblocks):
+                p = f"layer{s + 1}.{i}"
+                groups[f"{p}.conv1"] = ChannelGroup(f"{p}.conv1", [f"{p}.conv1"], [f"{p}.conv2"], [f"{p}.bn1"],
+                                                    path=("blocks", s, i), stage=s)
+        if w.get("shortcut") != "B":
+            return groups
+        modules = dict(self.named_modules())
+        for s in range(len(w["stages"])):
+            producers, bns = ([], []) if s else (["conv1"], ["bn1"])
+            consumers = []
+            for i in range(nblocks):
+                p = f"layer{s + 1}.{i}"
+                producers.append(f"{p}.conv2")
+                bns.append(f"{p}.bn2")
+                if i or s == 0:
+                    consumers.append(f"{p}.conv1")
+                if isinstance(modules[f"{p}.shortcut"], nn.Sequential):
+                    producers.append(f"{p}.shortcut.0")
+                    bns.append(f"{p}.shortcut.1")
+            nxt = f"layer{s + 2}.0"
+            if s + 1 < len(w["stages"]):
+                consumers.append(f"{nxt}.conv1")
+                if not isinstance(modules[f"{nxt}.shortcut"], nn.Sequential):  # identity: one stream for two stages
+                    raise ModelSpecError("option-B stages of equal width without a shortcut conv are not supported")
+                consumers.append(f"{nxt}.shortcut.0")
+            else:
+                consumers.append("linear")
+            name = f"layer{s + 1}.stream"
+            groups[name] = ChannelGroup(name, producers, consumers, bns, path=("stages", s), kind="stream", stage=s)
+        return groups
 
     def layer_group(self, name: str) -> str:
         """The group (stem, stage1..3, classifier) a conv/linear layer belongs to: per-group ratios and bits."""

@@ -10,6 +10,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from .groups import ChannelGroup
+
 BASE_STAGES = {
     11: [[64], [128], [256, 256], [512, 512], [512, 512]],
     13: [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
@@ -63,3 +65,15 @@ class CifarVGG(nn.Module):
     def layer_group(self, name: str) -> str:
         """stage1..5 (the pooling stages) or classifier: the units per-group ratios and bits name."""
         return "classifier" if name == "classifier" else f"stage{self.stage_of[int(name.split('.')[1])]}"
+
+    def channel_groups(self) -> dict[str, ChannelGroup]:
+        """The output channels of every conv (-> its BN -> the next conv or the classifier)."""
+        convs = [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]
+        flat = [(s, j) for s, stage in enumerate(self.widths["stages"]) for j in range(len(stage))]
+        groups = {}
+        for k, name in enumerate(convs):
+            idx = int(name.split(".")[1])
+            consumer = convs[k + 1] if k + 1 < len(convs) else "classifier"
+            groups[name] = ChannelGroup(name, [name], [consumer], [f"features.{idx + 1}"], path=("stages",) + flat[k],
+                                        stage=flat[k][0])
+        return groups

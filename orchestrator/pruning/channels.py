@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import OrchestratorError
 from .core import check_ratio
-from .surgery import Group, channel_groups, filter_l1, stage_of
+from .surgery import Group, channel_groups, filter_l1
 
 
 def bn_scale(model: nn.Module, group: Group) -> torch.Tensor:
@@ -36,8 +36,8 @@ def group_ratios(model: nn.Module, groups: dict[str, Group], ratio: float, stage
     unknown = [n for n in [*skip, *(per_group or {})] if n not in channel_groups(model)]
     if unknown:
         raise OrchestratorError(f"unknown channel group {unknown[0]!r}; allowed: {', '.join(channel_groups(model))}")
-    if stage_ratios is not None and model.arch != "mobilenetv2":
-        stages = 1 + max(stage_of(g) for g in channel_groups(model).values())
+    if stage_ratios is not None:
+        stages = 1 + max(g.stage for g in channel_groups(model).values())
         if len(stage_ratios) > stages:
             raise OrchestratorError(f"stage_ratios has {len(stage_ratios)} entries; {model.arch} has {stages} "
                                     f"stages: give at most {stages}")
@@ -48,9 +48,7 @@ def group_ratios(model: nn.Module, groups: dict[str, Group], ratio: float, stage
         elif per_group and name in per_group:
             r = per_group[name]
         elif stage_ratios is not None:
-            if model.arch == "mobilenetv2":
-                raise OrchestratorError("stage_ratios applies to resnet and vgg; give ratio or per-group ratios")
-            s = stage_of(g)
+            s = g.stage
             if s >= len(stage_ratios):
                 raise OrchestratorError(f"stage_ratios has {len(stage_ratios)} entries; {model.arch} has a stage {s + 1}")
             r = stage_ratios[s]

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import OrchestratorError
+from ..values import Ratio, check
 from ..models import layer_groups
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -27,9 +28,8 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def check_ratio(ratio) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise OrchestratorError(f"pruning ratio={ratio!r} must be a number in [0, 1)")
-    return float(ratio)
+    """A primitive's ratio argument, by the one `Ratio` rule configs use."""
+    return check(Ratio, ratio, "pruning ratio")
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:

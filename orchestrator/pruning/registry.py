@@ -7,7 +7,7 @@ selection, application and schedule. Adding a method is adding one file that cal
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, ClassVar
+from typing import Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -15,10 +15,10 @@ from torch import nn
 from ..errors import OrchestratorError
 from ..finetune import FinetuneData
 from ..train import recalibrate_bn
+from ..values import Ratio
 from .core import prunable_layers
 
 
-Ratio = Annotated[float, Field(ge=0, lt=1)]  # fraction of weights (or channels) removed
 GroupRatios = dict[str, Ratio]  # per layer group (models.layer_groups: stem, stage1.., classifier)
 
 

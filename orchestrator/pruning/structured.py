@@ -18,23 +18,26 @@ from torch import nn
 from .channels import IMPORTANCE, group_ratios, keep_global, keep_per_group
 from .core import ratio_sets
 from ..finetune import FinetuneConfig, FinetuneData, finetune
+from ..values import Ratio
 from .registry import GroupRatios, PruneConfig, register
 from .sensitivity import DEFAULT_RATIOS, ratios_within, sensitivity
-from .surgery import channel_groups, remove_channels, stage_of
+from .surgery import channel_groups, remove_channels
 
 Kinds = Literal["internal", "all"]  # block-internal channels only, or also coupled (option-B stream) ones
 
 
-def _kinds(scope: str) -> tuple[str, ...]:
+def kinds(scope: str) -> tuple[str, ...]:
     return ("internal",) if scope == "internal" else ("internal", "stream")
 
 
-class _Filters(PruneConfig):
+class FilterConfig(PruneConfig):
+    """What every per-group filter-pruning method shares: ratios per group, stage or channel group, skips, mode."""
+
     structured = True
-    ratio: float = Field(0.5, ge=0, lt=1)  # fraction of each group's channels removed
-    stage_ratios: list[float] | None = None  # one ratio per stage (resnet/vgg), overrides `ratio`
+    ratio: Ratio = 0.5  # fraction of each group's channels removed
+    stage_ratios: list[Ratio] | None = None  # one ratio per stage (resnet/vgg), overrides `ratio`
     group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its channel groups' ratio
-    ratios: dict[str, float] = {}  # per channel group name, overrides all of the above
+    ratios: dict[str, Ratio] = {}  # per channel group name, overrides all of the above
     skip: list[str] = []  # groups left whole (the sensitive ones)
     groups: Kinds = "internal"
     min_keep: int = Field(1, ge=1)  # channels every group keeps
@@ -42,30 +45,30 @@ class _Filters(PruneConfig):
     finetune: FinetuneConfig = FinetuneConfig()  # after all stages (one_shot) or after each stage
 
 
-class L1Filter(_Filters):
+class L1Filter(FilterConfig):
     method: Literal["l1_filter"] = "l1_filter"
     max_drop: float | None = Field(None, ge=0, le=1)  # from a sensitivity analysis: largest ratio per group
     # whose validation accuracy drop stays within this (fraction, 0.01 = one point); needs val data
-    sensitivity_ratios: list[float] = list(DEFAULT_RATIOS)
+    sensitivity_ratios: list[Ratio] = list(DEFAULT_RATIOS)
 
     def needs_data(self) -> bool:
         return super().needs_data() or self.max_drop is not None
 
 
-class RandomFilter(_Filters):
+class RandomFilter(FilterConfig):
     method: Literal["random_filter"] = "random_filter"
     seed: int = Field(0, ge=0)
 
 
-def _prune_filters(model: nn.Module, config: _Filters, data: FinetuneData | None, importance) -> nn.Module:
-    groups = channel_groups(model, _kinds(config.groups))
+def prune_filters(model: nn.Module, config: FilterConfig, data: FinetuneData | None, importance) -> nn.Module:
+    groups = channel_groups(model, kinds(config.groups))
     listed = {n: r for r, names in ratio_sets(model, config.ratio, config.group_ratios)[:len(config.group_ratios)]
               for n in names}  # layers of the groups given a ratio; a channel group follows its first producer
     per_group = {**{n: listed[g.producers[0]] for n, g in groups.items() if g.producers[0] in listed},
                  **config.ratios}
     if getattr(config, "max_drop", None) is not None:
         val = data.require("val", config.method)
-        table = sensitivity(model, val, data.normalization, config.sensitivity_ratios, _kinds(config.groups),
+        table = sensitivity(model, val, data.normalization, config.sensitivity_ratios, kinds(config.groups),
                             device=data.device)
         data.log.append({"step": "sensitivity", "table": table})
         per_group = {**ratios_within(table, config.max_drop), **per_group}
@@ -73,10 +76,10 @@ def _prune_filters(model: nn.Module, config: _Filters, data: FinetuneData | None
     if config.mode == "one_shot":
         batches = [list(groups)]
     else:
-        stages = sorted({stage_of(g) for g in groups.values()})
-        batches = [[n for n, g in groups.items() if stage_of(g) == s] for s in stages]
+        stages = sorted({g.stage for g in groups.values()})
+        batches = [[n for n, g in groups.items() if g.stage == s] for s in stages]
     for i, names in enumerate(batches):
-        current = channel_groups(model, _kinds(config.groups))
+        current = channel_groups(model, kinds(config.groups))
         scores = {n: importance(model, current[n]) for n in names}
         keep = keep_per_group(scores, {n: ratios[n] for n in names}, config.min_keep)
         if keep:
@@ -88,12 +91,12 @@ def _prune_filters(model: nn.Module, config: _Filters, data: FinetuneData | None
 
 @register(L1Filter)
 def l1_filter(model: nn.Module, config: L1Filter, data: FinetuneData | None) -> nn.Module:
-    return _prune_filters(model, config, data, IMPORTANCE["l1"])
+    return prune_filters(model, config, data, IMPORTANCE["l1"])
 
 
 @register(RandomFilter)
 def random_filter(model: nn.Module, config: RandomFilter, data: FinetuneData | None) -> nn.Module:
-    return _prune_filters(model, config, data, lambda m, g: IMPORTANCE["random"](m, g, config.seed))
+    return prune_filters(model, config, data, lambda m, g: IMPORTANCE["random"](m, g, config.seed))
 
 
 class Slimming(PruneConfig):
@@ -101,7 +104,7 @@ class Slimming(PruneConfig):
 
     structured = True
     method: Literal["slimming"] = "slimming"
-    ratio: float = Field(0.5, ge=0, lt=1)  # fraction of all channels in the pruned groups removed
+    ratio: Ratio = 0.5  # fraction of all channels in the pruned groups removed
     penalty: float = Field(1e-4, ge=0, le=1)  # lambda of lambda * sum |gamma| (Liu et al.: 1e-4 for CIFAR)
     sparsify: FinetuneConfig = FinetuneConfig(epochs=1)  # training with the penalty
     groups: Kinds = "internal"
@@ -114,7 +117,7 @@ class Slimming(PruneConfig):
 
 @register(Slimming)
 def slimming(model: nn.Module, config: Slimming, data: FinetuneData | None) -> nn.Module:
-    groups = channel_groups(model, _kinds(config.groups))
+    groups = channel_groups(model, kinds(config.groups))
     gammas = [model.get_submodule(b).weight for g in groups.values() for b in g.bns]
     finetune(model, config.sparsify, data, "sparsify",
              penalty=lambda: config.penalty * sum(g.abs().sum() for g in gammas))

@@ -6,107 +6,32 @@ matching input channels of the layers that read them (the consumers). Groups are
 width spec, so removal is: new widths -> `build_model` -> copy the kept slices. No masks, no
 `weight_orig`: the result saves and reloads through the checkpoint format.
 
-Groups per family (kind "internal" is what Li et al. 2017 and ThiNet pruned):
-- resnet: the inner channels of each block (conv1 -> bn1 -> conv2), kind "internal";
-  option B also the residual stream of each stage (stem or shortcut conv and every block's conv2
-  write it; every block's conv1, the next shortcut and the classifier read it), kind "stream".
-  Option A's zero-padding shortcut ties stream channels to fixed positions, so its stream stays;
-- vgg: the output channels of every conv (-> bn -> next conv or classifier);
-- mobilenetv2: the hidden channels of each expanding block (expand conv -> bn -> depthwise -> bn ->
-  project). Its residual stream is left whole.
+Each model family declares its groups (`channel_groups()` in `models/`); kind "internal" is what
+Li et al. 2017 and ThiNet pruned, kind "stream" the residual stream of option-B ResNets.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
 from ..errors import OrchestratorError
 from ..models import build_model
+from ..models.groups import ChannelGroup
 
 
-@dataclass
-class Group:
-    name: str
-    producers: list[str]  # convs whose output channels are removed
-    consumers: list[str]  # convs/linears whose input channels are removed
-    bns: list[str] = field(default_factory=list)
-    depthwise: list[str] = field(default_factory=list)
-    path: tuple = ()  # where this group's width lives in the width spec
-    kind: Literal["internal", "stream"] = "internal"
-
-    def size(self, model: nn.Module) -> int:
-        return model.get_submodule(self.producers[0]).out_channels
-
-
-def _resnet_groups(model: nn.Module, w: dict) -> dict[str, Group]:
-    groups: dict[str, Group] = {}
-    nblocks = len(w["blocks"][0])
-    for s in range(len(w["blocks"])):
-        for i in range(nblocks):
-            p = f"layer{s + 1}.{i}"
-            groups[f"{p}.conv1"] = Group(f"{p}.conv1", [f"{p}.conv1"], [f"{p}.conv2"], [f"{p}.bn1"],
-                                         path=("blocks", s, i))
-    if w.get("shortcut") != "B":
-        return groups
-    modules = dict(model.named_modules())
-    for s in range(len(w["stages"])):
-        producers, bns = ([], []) if s else (["conv1"], ["bn1"])
-        consumers = []
-        for i in range(nblocks):
-            p = f"layer{s + 1}.{i}"
-            producers.append(f"{p}.conv2")
-            bns.append(f"{p}.bn2")
-            if i or s == 0:
-                consumers.append(f"{p}.conv1")
-            if isinstance(modules[f"{p}.shortcut"], nn.Sequential):
-                producers.append(f"{p}.shortcut.0")
-                bns.append(f"{p}.shortcut.1")
-        nxt = f"layer{s + 2}.0"
-        if s + 1 < len(w["stages"]):
-            consumers.append(f"{nxt}.conv1")
-            if isinstance(modules[f"{nxt}.shortcut"], nn.Sequential):
-                consumers.append(f"{nxt}.shortcut.0")
-            else:  # identity shortcut: the next stage's stream is this one
-                raise OrchestratorError("option-B stages of equal width without a shortcut conv are not supported")
-        else:
-            consumers.append("linear")
-        name = f"layer{s + 1}.stream"
-        groups[name] = Group(name, producers, consumers, bns, path=("stages", s), kind="stream")
-    return groups
+Group = ChannelGroup  # the pruning code's name for it
 
 
 def channel_groups(model: nn.Module, kinds: tuple[str, ...] = ("internal", "stream")) -> dict[str, Group]:
-    """Removable channel groups of a zoo model by name (block groups are named after their first conv)."""
-    arch, w = getattr(model, "arch", ""), getattr(model, "widths", None)
-    groups: dict[str, Group] = {}
-    if arch.startswith("resnet"):
-        groups = _resnet_groups(model, w)
-    elif arch.startswith("vgg"):
-        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        flat = [(s, j) for s, stage in enumerate(w["stages"]) for j in range(len(stage))]
-        for k, name in enumerate(convs):
-            idx = int(name.split(".")[1])
-            consumer = convs[k + 1] if k + 1 < len(convs) else "classifier"
-            groups[name] = Group(name, [name], [consumer], [f"features.{idx + 1}"], path=("stages",) + flat[k])
-    elif arch == "mobilenetv2":
-        for j, b in enumerate(w["blocks"]):
-            if b["expand"]:
-                p = f"blocks.{j}.conv"
-                groups[f"{p}.0"] = Group(f"{p}.0", [f"{p}.0"], [f"{p}.6"], [f"{p}.1", f"{p}.4"], [f"{p}.3"],
-                                         path=("blocks", j, "hidden"))
-    else:
-        raise OrchestratorError(f"no channel groups known for arch {arch!r}; allowed: resnet*, vgg*, mobilenetv2")
-    return {n: g for n, g in groups.items() if g.kind in kinds}
-
-
-def stage_of(group: Group) -> int:
-    """0-based stage index of a group (resnet layer{s}, vgg pooling stage, mobilenetv2 block index)."""
-    return group.path[1]
+    """Removable channel groups of a zoo model by name (block groups are named after their first conv);
+    the model family declares them (`models.groups`)."""
+    if not hasattr(model, "channel_groups"):
+        raise OrchestratorError(f"no channel groups known for {type(model).__name__} "
+                                f"(arch {getattr(model, 'arch', '?')!r}): build it from the model zoo")
+    return {n: g for n, g in model.channel_groups().items() if g.kind in kinds}
 
 
 def filter_l1(model: nn.Module, group: Group) -> torch.Tensor:

@@ -17,11 +17,11 @@ from torch import nn
 from ..loader import DeviceLoader
 from ..finetune import FinetuneData
 from .registry import register
-from .structured import _Filters, _kinds, _prune_filters
+from .structured import FilterConfig, kinds, prune_filters
 from .surgery import channel_groups
 
 
-class TaylorFilter(_Filters):
+class TaylorFilter(FilterConfig):
     method: Literal["taylor_filter"] = "taylor_filter"
     images: int = Field(512, ge=1)  # calibration images from the training split
     batch_size: int = Field(64, ge=1)  # images per gradient evaluation
@@ -30,13 +30,13 @@ class TaylorFilter(_Filters):
         return True
 
 
-def taylor_scores(model: nn.Module, data: FinetuneData, images: int, batch_size: int, kinds) -> dict:
+def taylor_scores(model: nn.Module, data: FinetuneData, images: int, batch_size: int, group_kinds) -> dict:
     """{group: importance per channel} from BN-parameter gradients on `images` training images."""
     train = data.require("train", "taylor_filter")
     loader = DeviceLoader(train, min(batch_size, len(train)), data.normalization["mean"], data.normalization["std"],
                           data.device, train=False)
-    bns = {name: [model.get_submodule(b) for b in g.bns] for name, g in channel_groups(model, kinds).items()}
-    scores = {name: torch.zeros(g.size(model), device=data.device) for name, g in channel_groups(model, kinds).items()}
+    bns = {name: [model.get_submodule(b) for b in g.bns] for name, g in channel_groups(model, group_kinds).items()}
+    scores = {name: torch.zeros(g.size(model), device=data.device) for name, g in channel_groups(model, group_kinds).items()}
     was_training = model.training
     model.to(data.device).eval()  # BN in eval mode: the statistics the deployed net uses
     seen = 0
@@ -61,7 +61,7 @@ def taylor_filter(model: nn.Module, config: TaylorFilter, data: FinetuneData | N
     def importance(m: nn.Module, group) -> torch.Tensor:
         if id(m) not in cache:  # once per (re)built model: stagewise mode rescores after each stage
             cache.clear()
-            cache[id(m)] = taylor_scores(m, data, config.images, config.batch_size, _kinds(config.groups))
+            cache[id(m)] = taylor_scores(m, data, config.images, config.batch_size, kinds(config.groups))
         return cache[id(m)][group.name]
 
-    return _prune_filters(model, config, data, importance)
+    return prune_filters(model, config, data, importance)

@@ -20,6 +20,7 @@ from torch import nn
 from ..loader import normalize
 from .channels import group_ratios
 from ..finetune import FinetuneConfig, FinetuneData, finetune
+from ..values import Ratio
 from .registry import PruneConfig, register
 from .surgery import Group, channel_groups, remove_channels
 
@@ -27,7 +28,7 @@ from .surgery import Group, channel_groups, remove_channels
 class ThiNet(PruneConfig):
     structured = True
     method: Literal["thinet"] = "thinet"
-    ratio: float = Field(0.5, ge=0, lt=1)  # fraction of each group's channels removed
+    ratio: Ratio = 0.5  # fraction of each group's channels removed
     stage_ratios: list[float] | None = None
     ratios: dict[str, float] = {}
     skip: list[str] = []

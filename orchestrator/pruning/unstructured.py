@@ -19,11 +19,12 @@ from torch import nn
 
 from . import core
 from ..finetune import FinetuneConfig, FinetuneData, finetune
+from ..values import Ratio
 from .registry import GroupRatios, PruneConfig, register
 
 
 class _Ratio(PruneConfig):
-    ratio: float = Field(0.5, ge=0, lt=1)  # fraction of conv/linear weights set to zero
+    ratio: Ratio = 0.5  # fraction of conv/linear weights set to zero
     group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its own ratio
     min_keep: int = Field(1, ge=0)  # weights every layer keeps at least
     finetune: FinetuneConfig = FinetuneConfig()
@@ -73,7 +74,7 @@ class Han(PruneConfig):
     """Prune to the schedule's level, retrain `finetune.epochs` with the mask fixed, repeat for `rounds`."""
 
     method: Literal["han"] = "han"
-    ratio: float = Field(0.8, ge=0, lt=1)  # final fraction of zero weights
+    ratio: Ratio = 0.8  # final fraction of zero weights
     rounds: int = Field(3, ge=1, le=100)
     schedule: Literal["one_shot", "geometric", "cubic"] = "geometric"
     scope: Literal["global", "layer"] = "global"  # one threshold for all layers, or the same ratio per layer
@@ -99,7 +100,7 @@ class Lottery(PruneConfig):
     `rewind_epochs`, are the rewind point (a random init and 0 gives the original lottery ticket)."""
 
     method: Literal["lottery"] = "lottery"
-    ratio: float = Field(0.8, ge=0, lt=1)
+    ratio: Ratio = 0.8
     rounds: int = Field(3, ge=1, le=100)
     schedule: Literal["one_shot", "geometric", "cubic"] = "geometric"
     rewind_epochs: int = Field(0, ge=0)  # epochs trained before the rewind point is taken

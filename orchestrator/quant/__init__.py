@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import OrchestratorError
@@ -22,7 +22,8 @@ from ..loader import DeviceLoader
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..qformat import FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_
+from ..qformat import FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_
+from ..values import IntBits, precision_bits
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
 Format = Literal["int", "binary", "fp16", "bf16", "fp32"]  # fp32: weights untouched (activations only)
@@ -32,29 +33,19 @@ class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["ptq", "qat"] = "ptq"
     format: Format = "int"  # weight storage format
-    bits: int = Field(8, ge=1, le=16)  # weight bits for "int" (2..16); binary is 1, fp16/bf16 are 16
-    layer_bits: dict[str, int] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
-    group_bits: dict[str, int] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
-    ends_bits: int | None = Field(8, ge=2, le=16)  # first conv and classifier; None: like the others
-    act_bits: int | None = Field(None, ge=2, le=16)  # activations (conv/linear inputs); None: float
-    group_act_bits: dict[str, int] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
+    bits: IntBits = 8  # weight bits for "int"; binary is 1, fp16/bf16 are 16
+    layer_bits: dict[str, IntBits] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
+    group_bits: dict[str, IntBits] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
+    ends_bits: IntBits | None = 8  # first conv and classifier; None: like the others
+    act_bits: IntBits | None = None  # activations (conv/linear inputs); None: float
+    group_act_bits: dict[str, IntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
 
-    @field_validator("bits", mode="before")
-    @classmethod
-    def _int_bits(cls, v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"bits must be an integer, got {v!r}")
-        return v
-
-    @field_validator("group_act_bits")
-    @classmethod
-    def _group_act_bits(cls, v):
-        for g, b in v.items():
-            if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16:
-                raise ValueError(f"group_act_bits.{g} must be int bits 2..16, got {b!r}")
-        return v
+    @property
+    def precision(self) -> int:
+        """The weight precision in the shared encoding (`values.WeightBits`: what studies search and log)."""
+        return precision_bits(self.format, self.bits)
 
     def needs_data(self) -> bool:
         return self.act_bits is not None or self.method == "qat"
@@ -82,12 +73,12 @@ class QuantConfig(BaseModel):
             fmt, bits = self.format, self.bits
             if name in explicit:
                 fmt, bits = "int", explicit[name]
-            elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in ("int", "binary"):
+            elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in SCALED_FORMATS:
                 fmt, bits = "int", self.ends_bits
             if fmt == "fp32":
                 plan[name] = ("fp32", 32)
             else:
-                plan[name] = (fmt, check_bits(fmt, bits) if fmt == "int" else check_bits(fmt, None))
+                plan[name] = (fmt, check_bits(fmt, bits))
         return plan
 
 

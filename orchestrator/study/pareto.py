@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import html
-import math
 from pathlib import Path
 
 
@@ -145,70 +144,47 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
     return _save(fig, path, footer)
 
 
-def staircase(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Corner points of a front drawn as steps: each accuracy holds until the next, larger footprint."""
-    out = []
-    for i, (x, y) in enumerate(points):
-        if i:
-            out.append((x, points[i - 1][1]))
-        out.append((x, y))
-    return out
-
-
 def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
-    """A dependency-free interactive page: an SVG scatter whose points show their trial on hover."""
-    w, h, m = 860, 520, 60
-    xs = [r["footprint_bytes"] for r in data] + ([data[0]["base_footprint_bytes"]] if data else [])
-    ys = [100 * r["val_acc"] for r in data] + ([100 * data[0]["base_val_acc"]] if data else [])
-    lx0, lx1 = (math.log10(min(xs)) - 0.1, math.log10(max(xs)) + 0.1) if xs else (0, 1)
-    y0, y1 = (min(ys) - 2, max(ys) + 2) if ys else (0, 100)
+    """The interactive page: a plotly scatter (zoom, hover, legend toggles; plotly.js embedded, so it works
+    offline) of every trial, the front and each method's best-at-each-size staircase, then the front's table."""
+    import plotly.graph_objects as go
 
-    def px(x):
-        return m + (math.log10(x) - lx0) / (lx1 - lx0 or 1) * (w - 2 * m)
+    def hover(r):
+        return (f"trial {r['trial']}: {html.escape(r['label'])}<br>val {100 * r['val_acc']:.2f}%, "
+                f"test {100 * r['test_acc']:.2f}%<br>footprint {r['footprint_bytes']:,.0f} B "
+                f"({r['compression']:.1f}x smaller)")
 
-    def py(y):
-        return h - m - (y - y0) / (y1 - y0 or 1) * (h - 2 * m)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{w}" height="{h}" fill="white"/>',
-             f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
-             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="black"/>']
-    for e in range(math.ceil(lx0), math.floor(lx1) + 1):
-        x = m + (e - lx0) / (lx1 - lx0) * (w - 2 * m)
-        parts.append(f'<line x1="{x:.1f}" y1="{m}" x2="{x:.1f}" y2="{h - m}" stroke="#ddd"/>'
-                     f'<text x="{x:.1f}" y="{h - m + 16}" text-anchor="middle">1e{e} B</text>')
-    for k in range(6):
-        y = y0 + k * (y1 - y0) / 5
-        parts.append(f'<text x="{m - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.1f}%</text>')
-    colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-    curves = method_curves(data)
-    for i, (method, curve) in enumerate(curves.items()):
-        c = colors[i % len(colors)]
-        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}" for x, y in staircase(curve))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-opacity="0.7"/>'
-                     f'<text x="{w - m - 6}" y="{h - m - 8 - 14 * (len(curves) - 1 - i)}" text-anchor="end" fill="{c}">{html.escape(method)}: best at each size</text>')
-    front = [r for r in data if r["pareto"]]
+    fig = go.Figure()
+    for name, keep, style in (("Pareto front (feasible)", lambda r: r["pareto"], dict(color="#1f77b4", size=9)),
+                              ("dominated", lambda r: r["feasible"] and not r["pareto"], dict(color="#888", size=7,
+                                                                                              opacity=0.5)),
+                              ("infeasible (below the accuracy floor)", lambda r: not r["feasible"],
+                               dict(color="#bbb", size=7, opacity=0.4))):
+        rs = [r for r in data if keep(r)]
+        fig.add_trace(go.Scatter(x=[r["footprint_bytes"] for r in rs], y=[100 * r["val_acc"] for r in rs],
+                                 mode="markers", name=f"{name}: {len(rs)}", marker=style,
+                                 hovertext=[hover(r) for r in rs], hoverinfo="text"))
+    front = sorted((r for r in data if r["pareto"]), key=lambda r: r["footprint_bytes"])
     if len(front) > 1:
-        pts = " ".join(f"{px(x):.1f},{py(100 * y):.1f}"
-                       for x, y in staircase([(r["footprint_bytes"], r["val_acc"]) for r in front]))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="#1f77b4"/>')
-    for r in data:
-        tip = html.escape(f"trial {r['trial']}: {r['label']}\nval {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%"
-                          f"\nfootprint {r['footprint_bytes']:,.0f} B ({r['compression']:.1f}x smaller)")
-        color, opacity = ("#1f77b4", 1.0) if r["pareto"] else ("#888", 0.4) if r["feasible"] else ("#bbb", 0.3)
-        parts.append(f'<circle cx="{px(r["footprint_bytes"]):.1f}" cy="{py(100 * r["val_acc"]):.1f}" r="5" '
-                     f'fill="{color}" fill-opacity="{opacity}"><title>{tip}</title></circle>')
+        fig.add_trace(go.Scatter(x=[r["footprint_bytes"] for r in front], y=[100 * r["val_acc"] for r in front],
+                                 mode="lines", line=dict(color="#1f77b4", shape="hv"), name="front", hoverinfo="skip"))
+    for method, curve in method_curves(data).items():
+        fig.add_trace(go.Scatter(x=[x for x, _ in curve], y=[100 * y for _, y in curve], mode="lines",
+                                 line=dict(shape="hv", width=1), opacity=0.7, hoverinfo="skip",
+                                 name=f"{method}: best at each size", visible="legendonly"))
     if data:
-        parts.append(f'<text x="{px(data[0]["base_footprint_bytes"]):.1f}" y="{py(100 * data[0]["base_val_acc"]) + 5:.1f}" '
-                     f'text-anchor="middle" font-size="18" fill="#d62728">&#9733;<title>dense base model</title></text>')
-    parts.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">total footprint (bytes, log scale)</text></svg>')
+        fig.add_trace(go.Scatter(x=[data[0]["base_footprint_bytes"]], y=[100 * data[0]["base_val_acc"]],
+                                 mode="markers", marker=dict(symbol="star", size=14, color="#d62728"),
+                                 name="dense base model", hovertext=["dense base model"], hoverinfo="text"))
+    fig.update_layout(title=title, template="plotly_white", height=560, legend=dict(orientation="h", y=-0.2),
+                      xaxis=dict(type="log", title="total footprint: parameters + peak activations (bytes, log scale)"),
+                      yaxis=dict(title="validation accuracy (%)"))
     table = "".join(f"<tr><td>{r['trial']}</td><td>{html.escape(r['label'])}</td><td>{100 * r['val_acc']:.2f}%</td>"
                     f"<td>{100 * r['test_acc']:.2f}%</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-            f"<h2>{html.escape(title)}</h2><p>Hover a point for its trial. Blue: Pareto front (feasible trials); grey: "
-            f"dominated; light grey: infeasible ({sum(not r['feasible'] for r in data)} trials below the accuracy floor); "
-            f"star: dense base model.</p>{''.join(parts)}<table border='1' cellpadding='4'><tr><th>trial</th>"
-            f"<th>configuration</th><th>val</th><th>test</th><th>footprint (B)</th></tr>{table}</table>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif'>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+            f"<table border='1' cellpadding='4'><tr><th>trial</th><th>configuration</th><th>val</th><th>test</th>"
+            f"<th>footprint (B)</th></tr>{table}</table>"
             f"<p style='color:#666;font-size:11px'>{html.escape(footer)}</p></body></html>")
     path.write_text(page)
     return path

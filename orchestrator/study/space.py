@@ -10,7 +10,7 @@ act_bits) are the same strings in Optuna and MLflow; search_spaces/README.md lis
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,16 +19,22 @@ from ..models import layer_groups
 from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..finetune import FinetuneConfig
+from ..values import Epochs, IntBits, Ratio, WeightBits, precision_format
 from ..yamlio import read_mapping
 
 
 MAX_GROUP_RATIO = 0.98  # a group's ratio (global ratio x its multiplier) is capped here
 
 
+T = TypeVar("T")
+Choices = Annotated[list[T], Field(min_length=1)]  # a searched dimension lists at least one value
+ActBits = IntBits | Literal[32]  # activation bits; 32: float
+
+
 class Range(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    low: float = Field(ge=0, lt=1)
-    high: float = Field(ge=0, lt=1)
+    low: Ratio
+    high: Ratio
     step: float | None = Field(None, gt=0, lt=1)  # a grid step: values low, low + step, ..., high
 
     @model_validator(mode="after")
@@ -42,31 +48,13 @@ class Range(BaseModel):
         return self
 
 
-def _positive_fractions(v: list, key: str) -> list:
-    if any(not 0 <= e <= 1000 for e in v):
-        raise ValueError(f"{key} must be epochs >= 0 (fractions allowed, 0: none), got {v}")
-    return v
-
-
-def _ratio_values(v):
-    if isinstance(v, list) and (not v or any(not 0 <= r < 1 for r in v)):
-        raise ValueError(f"ratio values must be in [0, 1), got {v}")
-    return v
-
-
-def _check_bits(v: list[int]) -> list[int]:
-    if any(b not in (1, 16, 32) and not 2 <= b <= 8 for b in v):
-        raise ValueError(f"bits must be 32, 16, 2..8 or 1, got {v}")
-    return v
-
-
 class Channels(BaseModel):
     """A channel-removal step before the sparsity step (composition): its method, ratios and fine-tune."""
 
     model_config = ConfigDict(extra="forbid")
     method: str = "l1_filter"  # a structured method
-    ratio: Range | list[float] = [0.0, 0.25, 0.5]  # fraction of each block's inner channels removed (0: step skipped)
-    finetune_epochs: list[int | float] = Field([0], min_length=1)  # its own fine-tune budget (epochs, fractions allowed)
+    ratio: Range | Choices[Ratio] = [0.0, 0.25, 0.5]  # fraction of each block's inner channels removed (0: skipped)
+    finetune_epochs: Choices[Epochs] = [0]  # its own fine-tune budget (epochs, fractions allowed)
 
     @field_validator("method")
     @classmethod
@@ -76,23 +64,21 @@ class Channels(BaseModel):
                              + ", ".join(m for m, (c, _) in METHODS.items() if c.structured))
         return v
 
-    _ratios = field_validator("ratio")(lambda v: _ratio_values(v))
-
-    _epochs = field_validator("finetune_epochs")(lambda v: _positive_fractions(v, "finetune_epochs"))
-
 
 class Dimensions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: list[str] = Field(["none", "global_magnitude"], min_length=1)  # "none": no pruning
-    ratio: Range | list[float] = Range(low=0.3, high=0.9)  # a range (optionally on a grid step), or grid values
-    group_scale: dict[str, list[float]] = {}  # per layer group: multipliers of `ratio` searched for that group
-    finetune_epochs: list[int | float] = Field([0], min_length=1)  # after pruning (epochs; fractions like 0.25 allowed)
-    quant_epochs: list[int | float] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
-    kd: list[bool] = Field([False], min_length=1)  # distill from the base model in every fine-tune
-    bits: list[int] = Field([32], min_length=1)  # weight bits: 32 float, 16 fp16, 2..8 int, 1 binary
-    group_bits: dict[str, int | list[int]] = {}  # per layer group: fixed int bits, or a list searched
-    act_bits: list[int] = Field([32], min_length=1)  # activation bits: 32 float, else 2..16
-    group_act_bits: dict[str, int | list[int]] = {}  # per layer group: activation bits, fixed or a list searched
+    ratio: Range | Choices[Ratio] = Range(low=0.3, high=0.9)  # a range (optionally on a grid step), or values
+    group_scale: dict[str, Choices[Annotated[float, Field(ge=0, le=10)]]] = {}  # per layer group: multipliers
+    # of `ratio` searched for that group
+    finetune_epochs: Choices[Epochs] = [0]  # after pruning (epochs; fractions like 0.25 allowed)
+    quant_epochs: Choices[Epochs] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
+    kd: Choices[bool] = [False]  # distill from the base model in every fine-tune
+    bits: Choices[WeightBits] = [32]  # weight precision: 32 float, 16 fp16, 2..8 int, 1 binary
+    group_bits: dict[str, IntBits | Choices[IntBits]] = {}  # per layer group: fixed int bits, or a list searched
+    act_bits: Choices[ActBits] = [32]  # activation bits: 32 float, else 2..16
+    group_act_bits: dict[str, IntBits | Choices[IntBits]] = {}  # per layer group: activation bits, fixed or
+    # a list searched
     channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
 
     @field_validator("method")
@@ -103,55 +89,11 @@ class Dimensions(BaseModel):
             raise ValueError(f"unknown method {bad[0]!r}; allowed: none, {', '.join(METHODS)}")
         return v
 
-    _ratios = field_validator("ratio")(lambda v: _ratio_values(v))
-
-    @field_validator("group_scale")
-    @classmethod
-    def _scales(cls, v):
-        for g, values in v.items():
-            if not values or any(not 0 <= x <= 10 for x in values):
-                raise ValueError(f"group_scale.{g} must list multipliers in [0, 10], got {values}")
-        return v
-
-    _epochs = field_validator("finetune_epochs")(lambda v: _positive_fractions(v, "finetune_epochs"))
-
-    @field_validator("quant_epochs")
-    @classmethod
-    def _quant_epochs(cls, v):
-        return v if v is None else _positive_fractions(v, "quant_epochs")
-
-    _bits = field_validator("bits")(lambda v: _check_bits(v))
-
-    @field_validator("group_bits")
-    @classmethod
-    def _group_bits(cls, v):
-        for g, b in v.items():
-            values = b if isinstance(b, list) else [b]
-            if not values or any(not 2 <= x <= 8 for x in values):
-                raise ValueError(f"group_bits.{g} must be int bits 2..8 (or a list of them), got {b}")
-        return v
-
-    @field_validator("group_act_bits")
-    @classmethod
-    def _group_act_bits(cls, v):
-        for g, b in v.items():
-            values = b if isinstance(b, list) else [b]
-            if not values or any(isinstance(x, bool) or not isinstance(x, int) or not 2 <= x <= 16 for x in values):
-                raise ValueError(f"group_act_bits.{g} must be int bits 2..16 (or a list of them), got {b}")
-        return v
-
     @model_validator(mode="after")
     def _act_groups_need_act_bits(self):
         if self.group_act_bits and 32 in self.act_bits:
             raise ValueError(f"group_act_bits needs quantized activations: act_bits {self.act_bits} holds 32 (float)")
         return self
-
-    @field_validator("act_bits")
-    @classmethod
-    def _act_bits(cls, v):
-        if any(b != 32 and not 2 <= b <= 16 for b in v):
-            raise ValueError(f"act_bits must be 32 or 2..16, got {v}")
-        return v
 
     def groups(self) -> set[str]:
         return set(self.group_scale) | set(self.group_bits) | set(self.group_act_bits)
@@ -327,8 +269,7 @@ class SearchSpace(BaseModel):
             q_epochs = params.get("quant_epochs", epochs)
             q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),
                  "act_bits": act_bits if act_bits < 32 else None}
-            q.update({1: {"format": "binary"}, 16: {"format": "fp16"}, 32: {"format": "fp32"}}.get(
-                bits, {"format": "int", "bits": bits}))
+            q.update(precision_format(bits))
             if group_bits and bits < 16:
                 q["group_bits"] = group_bits
             group_act = {g: params.get(f"act_{g}", b) for g, b in d.group_act_bits.items()}

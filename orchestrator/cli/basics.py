@@ -1,0 +1,180 @@
+"""Foundation commands: train, eval, models, footprint, export, import, data check."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import _device, _one_line_errors, data_dir_option, device_option, main
+
+
+@main.command()
+@click.option("--arch", default="resnet20", show_default=True, help="Model name (see `orchestrator models`).")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@data_dir_option
+@click.option("--init", "init_path", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint (orchestrator or public CIFAR ResNet format): fine-tune.")
+@click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Width multiplier applied to the default widths (ignored with --init).")
+@click.option("--epochs", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default="onecycle",
+              show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+              help="Fraction of steps with a linear learning-rate ramp.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--cutout", type=click.IntRange(0, 32), default=0, show_default=True, help="Cutout side, pixels.")
+@click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold out the last N training images and report accuracy on them (0: none).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
+@device_option
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True,
+              help="Checkpoint to write; training state for resuming is kept beside it until done.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_one_line_errors
+def train(arch, dataset, data_dir, init_path, width_mult, epochs, batch_size, lr, schedule, warmup,
+          weight_decay, label_smoothing, cutout, val_size, seed, compile, device, out, quiet):
+    """Train (or fine-tune with --init) a model and evaluate it on the test set."""
+    from .. import workflows
+    from ..train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, warmup=warmup,
+                         weight_decay=weight_decay, label_smoothing=label_smoothing, cutout=cutout,
+                         seed=seed, compile=compile)
+    ckpt = workflows.train_model(arch=arch, dataset=dataset, data_dir=data_dir, config=config, out=out,
+                                 init=init_path, width_mult=width_mult, val_size=val_size,
+                                 device=_device(device), progress=not quiet)
+    m = ckpt.metrics
+    click.echo(f"{ckpt.arch} {dataset}: test accuracy {100 * m['test_acc']:.2f}% "
+               f"({m['train_seconds'] / 60:.1f} min) -> {out}")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@data_dir_option
+@click.option("--split", type=click.Choice(["test", "train", "val"]), default="test", show_default=True,
+              help="val: the last --val-size training images.")
+@click.option("--val-size", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--npz", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate on arrays x_test/y_test (N,32,32,3 uint8) of an .npz file instead.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_one_line_errors
+def eval_(checkpoint, data_dir, split, val_size, npz, device, as_json):
+    """Evaluate a checkpoint: top-1 accuracy and loss."""
+    from .. import workflows
+
+    result = workflows.evaluate_checkpoint(checkpoint, data_dir=data_dir, split=split, val_size=val_size,
+                                           npz=npz, device=_device(device))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['arch']} on {result['split']} ({result['n']:,} images): "
+                   f"accuracy {100 * result['acc']:.2f}%, loss {result['loss']:.4f}")
+
+
+@main.command()
+@click.option("--num-classes", type=click.IntRange(min=2), default=10, show_default=True)
+@_one_line_errors
+def models(num_classes):
+    """List the model zoo with parameter counts."""
+    from ..models import ARCHITECTURES, build_model, count_parameters
+
+    click.echo(f"{'arch':<12} {'parameters':>12}  notes")
+    for arch in ARCHITECTURES:
+        n = count_parameters(build_model(arch, num_classes))
+        note = ("option-B 1x1 shortcuts" if arch.startswith("resnet") and arch.endswith("b")
+                else "option-A shortcuts" if arch.startswith("resnet") else "")
+        click.echo(f"{arch:<12} {n:>12,}  {note}")
+    click.echo("Any ResNet depth 6n+2 works too (resnet8, resnet1202, ...). Counts: weights, biases, BN affine.")
+
+
+def _load_any(path):
+    """A model from a checkpoint or an export file, and its dataset/normalization."""
+    from ..checkpoint import load_model
+    from ..footprint.export import is_export, load_export
+
+    if is_export(path):
+        model, header = load_export(path)
+        return model, header["dataset"], header["normalization"]
+    model, ckpt = load_model(path)
+    return model, ckpt.dataset, ckpt.normalization
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per inference (>= 1).")
+@click.option("--act-bits", type=int, default=None,
+              help="Bits per activation value (1..32; default: the model's own, else 32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the footprint as JSON.")
+@click.option("--layers/--no-layers", default=True, show_default=True, help="Print the per-tensor table.")
+@_one_line_errors
+def footprint(path, batch, act_bits, as_json, layers):
+    """Memory footprint of a checkpoint or export: parameter bits, peak activations, MACs."""
+    from ..footprint import format_report, measure
+
+    model, _, _ = _load_any(path)
+    fp = measure(model, batch=batch, act_bits=act_bits)
+    click.echo(fp.model_dump_json(indent=1) if as_json else format_report(fp, per_layer=layers))
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_one_line_errors
+def export_(checkpoint, out):
+    """Write a checkpoint as a compact file (packed bits, sparse encodings) and compare with the accounting."""
+    from ..footprint.export import export
+
+    model, dataset, normalization = _load_any(checkpoint)
+    info = export(model, out, dataset=dataset, normalization=normalization)
+    click.echo(f"{out}: {info['file_bytes']:,} bytes = payload {info['payload_bytes']:,} + header "
+               f"{info['header_bytes']:,}; accounted parameters {info['accounted_bytes']:,.1f} bytes "
+               f"(payload/accounted {info['payload_bytes'] / info['accounted_bytes']:.4f})")
+
+
+@main.command("import")
+@click.argument("export_file", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_one_line_errors
+def import_(export_file, out):
+    """Rebuild a checkpoint from an export file (to fine-tune or evaluate it)."""
+    from ..checkpoint import from_model, save_checkpoint
+    from ..footprint.export import load_export
+
+    model, header = load_export(export_file)
+    save_checkpoint(out, from_model(model, header["dataset"], header["normalization"] or {},
+                                    {"imported_from": str(export_file)}))
+    click.echo(f"{out}: {model.arch} rebuilt from {export_file}")
+
+
+@main.group()
+def data():
+    """Dataset utilities."""
+
+
+@data.command("check")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@data_dir_option
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download the official archive when the folder is missing.")
+@_one_line_errors
+def data_check(dataset, data_dir, download):
+    """Validate a data directory: files, shapes, dtype, label range, counts."""
+    from ..data import load_split, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    for split in ("train", "test"):
+        s = load_split(dataset, split, root, download=download)
+        counts = s.labels.bincount(minlength=s.num_classes)
+        click.echo(f"{s.name}: {len(s):,} images, {s.num_classes} classes "
+                   f"(per class {counts.min().item():,}..{counts.max().item():,}), "
+                   f"mean RGB {[round(v, 4) for v in (s.images.float().mean((0, 2, 3)) / 255).tolist()]}")
+        for note in s.notes:
+            click.echo(f"  note: {note}")
+    click.echo(f"ok: {dataset} in {root}")
