@@ -30,23 +30,36 @@ def int_range(bits: int) -> tuple[int, int]:
 
 
 def _float(dtype):
-    def quantize(w: torch.Tensor, bits: int):
+    def quantize(w: torch.Tensor, bits: int, clip: bool = False):
         return None, None, w.to(dtype).to(w.dtype)
     return quantize
 
 
-def _binary(w: torch.Tensor, bits: int):
+def _binary(w: torch.Tensor, bits: int, clip: bool = False):  # mean |w|: already the least-squares scale
     flat = w.detach().reshape(w.shape[0], -1).float()
     nz = (flat != 0).float()
     scale = (flat.abs().sum(1) / nz.sum(1).clamp(min=1)).clamp(min=1e-12)  # mean |w| of the kept weights
     return torch.sign(flat), scale
 
 
-def _int(w: torch.Tensor, bits: int):
+CLIP_FRACTIONS = torch.linspace(0.2, 1.0, 33)  # candidate clipping ranges, fractions of max |w|
+
+
+def _int(w: torch.Tensor, bits: int, clip: bool = False):
+    """Symmetric per-output-channel codes (-2^(k-1) unused). The scale maps max |w| to the top code, or with
+    `clip` the range (a fraction of max |w|) of least squared error: at 2-4 bits, rounding a few large weights
+    down costs far less than the coarse grid max |w| leaves for all the others (at 2 bits, max scaling zeroes
+    every weight under max/2)."""
     flat = w.detach().reshape(w.shape[0], -1).float()
     _, hi = int_range(bits)
-    scale = (flat.abs().amax(1) / hi).clamp(min=1e-12)
-    return torch.clamp(torch.round(flat / scale[:, None]), -hi, hi), scale  # symmetric: -2^(k-1) unused
+    top = flat.abs().amax(1).clamp(min=1e-12)
+    if clip:
+        scales = CLIP_FRACTIONS.to(flat.device)[:, None] * top / hi  # (fractions, channels)
+        q = torch.clamp(torch.round(flat / scales[..., None]), -hi, hi) * scales[..., None]
+        scale = scales.gather(0, ((q - flat) ** 2).sum(2).argmin(0, keepdim=True))[0]
+    else:
+        scale = top / hi
+    return torch.clamp(torch.round(flat / scale[:, None]), -hi, hi), scale
 
 
 @dataclass(frozen=True)
@@ -84,12 +97,12 @@ def weight_format(fmt: str) -> WeightFormat:
     return WEIGHT_FORMATS[fmt]
 
 
-def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None):
-    """(integer codes or None, per-channel scale or None, dequantized float tensor)."""
+def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None, clip: bool = False):
+    """(integer codes or None, per-channel scale or None, dequantized float tensor); `clip`: least-squares ranges."""
     handler = weight_format(fmt)
     if not handler.scaled:
         return handler.round(w, bits)
-    codes, scale = handler.round(w, handler.bits(bits))
+    codes, scale = handler.round(w, handler.bits(bits), clip)
     deq = (codes * scale[:, None]).reshape(w.shape).to(w.dtype)
     return codes.reshape(w.shape).to(torch.int32), scale, deq
 
@@ -99,11 +112,11 @@ def check_bits(fmt: str, bits) -> int:
 
 
 @torch.no_grad()
-def quantize_weight_(module: nn.Module, fmt: str, bits: int | None = None) -> nn.Module:
+def quantize_weight_(module: nn.Module, fmt: str, bits: int | None = None, clip: bool = False) -> nn.Module:
     """Round `module.weight` to `fmt` in place and record how it is stored."""
     bits = check_bits(fmt, bits)
     target = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    _, scale, deq = quantize_tensor(module.weight, fmt, bits)
+    _, scale, deq = quantize_tensor(module.weight, fmt, bits, clip)
     target.copy_(deq)
     module.weight_format, module.weight_bits = fmt, bits
     if scale is not None:

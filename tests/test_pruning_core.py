@@ -85,7 +85,7 @@ def test_schedules():
 def test_bad_inputs():
     layers = prunable_layers(build_model("resnet8"))
     for bad in (-0.1, 1.0, 1.5, "half"):
-        with pytest.raises(OrchestratorError, match=f"ratio={bad!r} must be a number in \\[0, 1\\)"):
+        with pytest.raises(OrchestratorError, match=f"ratio={bad!r} is not allowed; allowed: a number in \\[0, 1\\)"):
             select_global(magnitude(layers), bad)
     with pytest.raises(OrchestratorError, match="no prunable"):
         prunable_layers(nn.Sequential(nn.ReLU()))

@@ -156,3 +156,37 @@ def test_group_activation_bits_quantize_each_group_and_survive_checkpoint_and_ex
         quantize_(build_model("resnet8"), {"group_act_bits": {"stage1": 4}}, toy_data())
     with pytest.raises(bad_config(), match="group_act_bits.stage1"):
         QuantConfig(act_bits=8, group_act_bits={"stage1": 1})
+
+
+def test_least_squares_clipping_picks_the_hand_computed_scale_and_never_loses_to_max_scaling():
+    from orchestrator.qformat import quantize_tensor
+    # 2 bits (codes -1, 0, 1): max scaling (s = 10) rounds the six 3s to 0, error 6 x 9 = 54; the error
+    # 6 (s - 3)^2 + (10 - s)^2 is least at s = 4 (42), a candidate range (0.4 x max)
+    w = torch.tensor([[3.0] * 6 + [10.0]])
+    codes, scale, deq = quantize_tensor(w, "int", 2, clip=True)
+    assert scale.item() == pytest.approx(4.0) and codes.tolist() == [[1] * 7]
+    assert ((deq - w) ** 2).sum().item() == pytest.approx(42.0)
+    assert ((quantize_tensor(w, "int", 2)[2] - w) ** 2).sum().item() == pytest.approx(54.0)
+    torch.manual_seed(0)
+    w = torch.randn(8, 16, 3, 3) * (torch.rand(8, 16, 3, 3) > 0.7)  # pruned: zeros must stay zeros
+    for bits in (2, 3, 4, 8):
+        err = {clip: ((quantize_tensor(w, "int", bits, clip)[2] - w) ** 2).flatten(1).sum(1) for clip in (False, True)}
+        assert (err[True] <= err[False] + 1e-6).all()  # max |w| is one of the candidates, per channel
+        assert (quantize_tensor(w, "int", bits, True)[2][w == 0] == 0).all()
+
+
+def test_clipped_weights_survive_qat_checkpoint_and_export_exactly(tmp_path):
+    from orchestrator.footprint.export import export, load_export
+    model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+    quantize_(model, {"method": "qat", "bits": 2, "weight_scale": "mse", "finetune": {"epochs": 1, "batch_size": 8}},
+              toy_data())
+    conv = model.layer1[0].conv1
+    assert conv.weight_bits == 2 and conv.weight.unique().numel() <= 3 * conv.weight.shape[0]
+    export(model, tmp_path / "m.orcx", dataset="cifar10", normalization=NORM)
+    loaded, _ = load_export(tmp_path / "m.orcx")
+    for name, m in loaded.named_modules():  # the weights exactly (BN is stored folded: equal up to rounding)
+        if hasattr(m, "weight_format"):
+            assert torch.equal(m.weight, model.get_submodule(name).weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)

@@ -39,6 +39,8 @@ class QuantConfig(BaseModel):
     ends_bits: IntBits | None = 8  # first conv and classifier; None: like the others
     act_bits: IntBits | None = None  # activations (conv/linear inputs); None: float
     group_act_bits: dict[str, IntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
+    weight_scale: Literal["max", "mse"] = "max"  # int codes' per-channel range: max |w|, or the clipped range
+    # of least squared error (searched per channel; much better at 2-3 bits, also during QAT)
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
 
@@ -124,7 +126,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
     if config.method == "qat":
         for name, module in layers.items():
             if plan[name][0] != "fp32":
-                fake_quantize_weight_(module, *plan[name])
+                fake_quantize_weight_(module, *plan[name], clip=config.weight_scale == "mse")
         finetune(model, config.finetune, data, "qat")
         for module in layers.values():
             strip_weight_fake_quant_(module)
@@ -132,7 +134,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         calibrate_(model, data, config.calibration_images)
     for name, module in layers.items():
         if plan[name][0] != "fp32":
-            quantize_weight_(module, *plan[name])
+            quantize_weight_(module, *plan[name], clip=config.weight_scale == "mse")
     return model.eval()
 
 

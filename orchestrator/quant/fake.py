@@ -20,24 +20,24 @@ from ..qformat import ActQuant, attach_act_quant_, quantize_tensor  # noqa: F401
 
 
 class WeightFakeQuant(nn.Module):
-    def __init__(self, fmt: str, bits: int, mask: torch.Tensor | None = None):
+    def __init__(self, fmt: str, bits: int, mask: torch.Tensor | None = None, clip: bool = False):
         super().__init__()
-        self.fmt, self.bits = fmt, bits
+        self.fmt, self.bits, self.clip = fmt, bits, clip
         self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             w = w * self.mask
-        _, _, q = quantize_tensor(w.detach(), self.fmt, self.bits)
+        _, _, q = quantize_tensor(w.detach(), self.fmt, self.bits, self.clip)
         if self.mask is not None:
             q = q * self.mask  # binary codes are +-1: keep pruned positions at zero
         return w + (q - w).detach()  # STE: value q, gradient of the identity
 
 
-def fake_quantize_weight_(module: nn.Module, fmt: str, bits: int) -> None:
+def fake_quantize_weight_(module: nn.Module, fmt: str, bits: int, clip: bool = False) -> None:
     w = module.weight.detach()
     mask = (w != 0).to(w.dtype) if bool((w == 0).any()) else None
-    parametrize.register_parametrization(module, "weight", WeightFakeQuant(fmt, bits, mask))
+    parametrize.register_parametrization(module, "weight", WeightFakeQuant(fmt, bits, mask, clip))
 
 
 def strip_weight_fake_quant_(module: nn.Module) -> None:

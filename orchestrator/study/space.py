@@ -99,6 +99,14 @@ class Dimensions(BaseModel):
         return set(self.group_scale) | set(self.group_bits) | set(self.group_act_bits)
 
 
+class QuantOptions(BaseModel):
+    """What every trial's quantization step shares (its bits and epochs come from the trial)."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight_scale: Literal["max", "mse"] = "max"  # int weights' per-channel range: max |w| or least-squares clipping
+    calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
+
+
 class Constraints(BaseModel):
     """Feasibility given to the sampler as Optuna constraints: the budget goes where the answer is."""
 
@@ -129,6 +137,7 @@ class SearchSpace(BaseModel):
     base: str  # checkpoint every trial starts from (and the KD teacher)
     val_size: int = Field(5000, ge=1)  # held-out training images the objectives are measured on
     finetune: FinetuneConfig = FinetuneConfig()  # lr, batch size, ... of every fine-tune (epochs come from the trial)
+    quantize: QuantOptions = QuantOptions()
     dimensions: Dimensions = Dimensions()
     constraints: Constraints = Constraints()
     objectives: list[Literal["accuracy", "footprint", "macs"]] = ["accuracy", "footprint"]
@@ -268,7 +277,7 @@ class SearchSpace(BaseModel):
         if bits < 32 or act_bits < 32:
             q_epochs = params.get("quant_epochs", epochs)
             q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),
-                 "act_bits": act_bits if act_bits < 32 else None}
+                 "act_bits": act_bits if act_bits < 32 else None, **self.quantize.model_dump()}
             q.update(precision_format(bits))
             if group_bits and bits < 16:
                 q["group_bits"] = group_bits
