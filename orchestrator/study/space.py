@@ -79,6 +79,7 @@ class Dimensions(BaseModel):
     act_bits: Choices[ActBits] = [32]  # activation bits: 32 float, else 2..16
     group_act_bits: dict[str, IntBits | Choices[IntBits]] = {}  # per layer group: activation bits, fixed or
     # a list searched
+    weight_scale: Choices[Literal["max", "mse"]] | None = None  # searched int weight ranges (default: quantize's)
     channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
 
     @field_validator("method")
@@ -176,6 +177,8 @@ class SearchSpace(BaseModel):
         out.update({f"bits_{g}": b for g, b in d.group_bits.items() if isinstance(b, list)})
         out["act_bits"] = d.act_bits
         out.update({f"act_{g}": b for g, b in d.group_act_bits.items() if isinstance(b, list)})
+        if d.weight_scale is not None:
+            out["weight_scale"] = d.weight_scale
         return out
 
     @model_validator(mode="after")
@@ -233,6 +236,8 @@ class SearchSpace(BaseModel):
         for g, b in d.group_act_bits.items():
             if isinstance(b, list):
                 params[f"act_{g}"] = trial.suggest_categorical(f"act_{g}", b)
+        if d.weight_scale is not None:
+            params["weight_scale"] = trial.suggest_categorical("weight_scale", d.weight_scale)
         return self.pipeline(params)
 
     def validation_warning(self) -> str | None:
@@ -278,6 +283,8 @@ class SearchSpace(BaseModel):
             q_epochs = params.get("quant_epochs", epochs)
             q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),
                  "act_bits": act_bits if act_bits < 32 else None, **self.quantize.model_dump()}
+            if "weight_scale" in params:
+                q["weight_scale"] = params["weight_scale"]
             q.update(precision_format(bits))
             if group_bits and bits < 16:
                 q["group_bits"] = group_bits
