@@ -19,12 +19,24 @@ def ckpt(path: Path):
     return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
 
 
+def pruned(c: dict) -> dict:
+    """A `prune` checkpoint's numbers from its record (prune runs as a one-step pipeline); checkpoints
+    from before that carry them in their metrics directly."""
+    m = c["metrics"]
+    if "pipeline" not in m:
+        return m
+    base, step, final = m["pipeline"]["steps"][0], m["pipeline"]["steps"][1], m["pipeline"]["final"]
+    return {"test_acc": final["test_acc"], "base_test_acc": base["test_acc"], "sparsity": m["sparsity"],
+            "prune_seconds": step["seconds"], "params": final["params"], "base_params": base["params"],
+            "macs": final["macs"], "base_macs": base["macs"]}
+
+
 def existing(d: Path, runs):
-    """(label, metrics) of the runs whose checkpoint exists."""
+    """(label, numbers) of the runs whose checkpoint exists."""
     for name, f in runs:
         c = ckpt(d / f)
         if c:
-            yield name, c["metrics"]
+            yield name, pruned(c)
 
 
 def header(title: str, columns: str, align: str) -> None:
@@ -44,7 +56,7 @@ def pruning(d: Path) -> None:
     for r in (0.8, 0.9):
         c = ckpt(d / f"r20-han-{r}.pt")
         if c:
-            m = c["metrics"]
+            m = pruned(c)
             print(f"| {r:.0%} | {pct(sweep.get(('global_magnitude', r), {}).get('acc'))} | {pct(m['test_acc'])} "
                   f"(sparsity {m['sparsity']['total']:.1%}, {m['prune_seconds'] / 60:.1f} min) | {pct(m['base_test_acc'])} |")
     print("\n### ThiNet vs L1 filters vs random filters: half of every block's inner channels, ResNet-20\n")
@@ -53,7 +65,7 @@ def pruning(d: Path) -> None:
     for m in ("l1_filter", "thinet", "random_filter"):
         a, b = ckpt(d / f"r20-{m}-0.5.pt"), ckpt(d / f"r20-{m}-0.5-ft1.pt")
         if a:
-            ma = a["metrics"]
+            ma = pruned(a)
             print(f"| {m} | {ma['params']:,} ({ma['params'] / ma['base_params'] - 1:+.1%}) | {ma['macs']:,} "
                   f"({ma['macs'] / ma['base_macs'] - 1:+.1%}) | {pct(ma['test_acc'])} | "
                   f"{pct(b['metrics']['test_acc']) if b else ''} |")

@@ -123,6 +123,12 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     model, ckpt = load_model(base, device)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    started = {"base": str(base), "pipeline": config.model_dump(mode="json")}  # what the kept steps belong to
+    stamp = work / "pipeline.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != started:
+        raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
+                                f"to finish it, or delete {work} to start this one")
+    _write_json(stamp, started)
     train_split = load_split(ckpt.dataset, "train", data_dir)
     test = load_split(ckpt.dataset, "test", data_dir)
     val = None

@@ -53,10 +53,16 @@ def _int(w: torch.Tensor, bits: int, clip: bool = False):
     flat = w.detach().reshape(w.shape[0], -1).float()
     _, hi = int_range(bits)
     top = flat.abs().amax(1).clamp(min=1e-12)
-    if clip:
-        scales = CLIP_FRACTIONS.to(flat.device)[:, None] * top / hi  # (fractions, channels)
-        q = torch.clamp(torch.round(flat / scales[..., None]), -hi, hi) * scales[..., None]
-        scale = scales.gather(0, ((q - flat) ** 2).sum(2).argmin(0, keepdim=True))[0]
+    if clip:  # one candidate at a time: memory of one weight copy, whatever the layer
+        scale, best = top / hi, None
+        for f in CLIP_FRACTIONS.tolist():
+            s = f * top / hi
+            err = ((torch.clamp(torch.round(flat / s[:, None]), -hi, hi) * s[:, None] - flat) ** 2).sum(1)
+            if best is None:
+                best, scale = err, s
+            else:
+                better = err < best
+                best, scale = torch.where(better, err, best), torch.where(better, s, scale)
     else:
         scale = top / hi
     return torch.clamp(torch.round(flat / scale[:, None]), -hi, hi), scale

@@ -20,7 +20,8 @@ from .yamlio import read_mapping
 
 STEPS = ("prune", "finetune", "quantize")
 
-# every registered pruning method's config, told apart by its `method` string
+# every registered pruning method's config, told apart by its `method` string (methods register when the
+# pruning package is imported, one module each, before this union is built)
 PruneMethod = Annotated[Union[tuple(cls for cls, _ in METHODS.values())], Field(discriminator="method")]
 UNION_TAGS.update(METHODS)
 
@@ -82,12 +83,16 @@ class PipelineConfig(BaseModel):
         if not (isinstance(v, dict) and isinstance(v.get("steps"), list)):
             return v
         for i, step in enumerate(v["steps"]):
+            if not isinstance(step, dict):  # a typed step, or garbage the union's own message describes
+                continue
             kind = _step_kind(step)
-            if isinstance(step, dict) and kind is not None and kind not in STEPS:
+            if kind is not None and kind not in STEPS:
                 raise ValueError(f"steps[{i}]: unknown step {kind!r}; allowed: {', '.join(STEPS)}")
             cfg = step.get("prune") if kind == "prune" else None
-            if isinstance(cfg, dict) and cfg.get("method", "") not in METHODS:
-                raise ValueError(f"steps[{i}].prune: unknown pruning method {cfg.get('method')!r}; "
+            if kind == "prune" and (cfg is None or isinstance(cfg, dict) and "method" not in cfg):
+                raise ValueError(f"steps[{i}].prune needs a 'method' key; allowed methods: {', '.join(METHODS)}")
+            if isinstance(cfg, dict) and cfg["method"] not in METHODS:
+                raise ValueError(f"steps[{i}].prune: unknown pruning method {cfg['method']!r}; "
                                  f"allowed: {', '.join(METHODS)}")
         return {**v, "steps": [_empty_is_default(s) for s in v["steps"]]}
 

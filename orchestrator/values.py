@@ -33,6 +33,15 @@ def _weight_bits(v: int) -> int:
 WeightBits = Annotated[StrictInt, AfterValidator(_weight_bits)]
 
 
+def _act_bits(v: int) -> int:
+    if v != 32 and not 2 <= v <= 16:
+        raise ValueError(f"activation bits must be 32 (float) or 2..16, got {v}")
+    return v
+
+
+ActBits = Annotated[StrictInt, AfterValidator(_act_bits)]  # activation bits; 32: float (search spaces)
+
+
 def precision_format(bits: int) -> dict:
     """A quantization config's weight format for a weight precision: {'format': ..., 'bits': ...}."""
     return {1: {"format": "binary"}, 16: {"format": "fp16"}, 32: {"format": "fp32"}}.get(
@@ -63,4 +72,4 @@ def check(kind, value, name: str):
         raise OrchestratorError(f"{name}={value!r} is not allowed; allowed: {_ALLOWED[kind]}") from None
 
 
-__all__ = ["Epochs", "IntBits", "Ratio", "WEIGHT_BITS", "WeightBits", "check", "precision_bits", "precision_format"]
+__all__ = ["ActBits", "Epochs", "IntBits", "Ratio", "WEIGHT_BITS", "WeightBits", "check", "precision_bits", "precision_format"]

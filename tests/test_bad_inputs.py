@@ -72,6 +72,12 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
                                             r"weights do not fit the model \(size mismatch for conv1.weight"),
     "num_classes of the wrong type": (["eval", "{classes}", "--data-dir", "{data}"],
                                       r"field 'num_classes' is a str \('ten'\); expected int"),
+    "quantize --bits out of range": (["quantize", "{base}", "--bits", "1", "--data-dir", "{data}"],
+                                     r"--bits=1 is not allowed; allowed: integers 2..16"),
+    "quantize --ends-bits not a number": (["quantize", "{base}", "--ends-bits", "eight", "--data-dir", "{data}"],
+                                          r"--ends-bits='eight' is not allowed; allowed: integers 2..16"),
+    "pipeline with a misspelt key deep in a step": (["pipeline", "{pipeline}", "--base", "{base}", "--data-dir", "{data}"],
+                                                    r"unknown key 'steps.0.prune.finetune.epochz'"),
     "export header not a mapping": (["footprint", "{list_header}"], r"list.orcx: corrupt export header"),
     "study: unreachable MLflow": (["study", "run", "{space}", "--mlflow", "http://127.0.0.1:1", "--storage",
                                    "sqlite:///{tmp}/o.db", "--data-dir", "{data}"],
@@ -103,6 +109,8 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
                                                       "ratio": {"low": 0.9, "high": 0.1}}})):
         files[key] = tmp_path / f"{key}.yaml"
         files[key].write_text(yaml.safe_dump({**space, **over}))
+    files["pipeline"] = tmp_path / "pipeline.yaml"
+    files["pipeline"].write_text("steps:\n  - prune: {method: global_magnitude, ratio: 0.5, finetune: {epochz: 1}}\n")
     t0 = time.perf_counter()
     result = run(*[a.format(**files) for a in args])
     one_line_error(result, pattern)
@@ -110,3 +118,4 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
     assert not (tmp_path / "o.db").exists() or name.startswith("space")  # no study opened before the error
     # the key is named as the user wrote it: no pydantic-internal location parts
     assert "function-after" not in result.output and "invalid value for ''" not in result.output
+    assert "constrained-" not in result.output and "global_magnitude." not in result.output  # no union tags

@@ -104,3 +104,19 @@ def test_shared_steps_are_cached_by_config_hash(base, cifar10_dir, tmp_path, mon
     c = run_pipeline(PipelineConfig(val_size=20, steps=[{"prune": {"method": "l1_filter", "ratio": 0.25}}]),
                      base=base, data_dir=cifar10_dir, out=tmp_path / "c.pt", cache_dir=cache)
     assert len(calls) == 2 and c["cache_hits"] == 1  # another ratio is another step
+
+
+def test_steps_are_typed_once_and_dump_with_every_default():
+    from orchestrator.pruning.structured import L1Filter
+    from orchestrator.quant import QuantConfig
+    from orchestrator.steps import FinetuneStep, PruneStep, QuantizeStep
+    config = PipelineConfig(steps=STEPS[:2] + [{"quantize": None}])
+    assert [type(s) for s in config.steps] == [PruneStep, FinetuneStep, QuantizeStep]
+    assert isinstance(config.steps[0].prune, L1Filter) and config.steps[0].prune.ratio == 0.5
+    assert config.steps[2].quantize == QuantConfig() and config.uses_kd()  # `- quantize:` means the defaults
+    dumped = config.model_dump(mode="json")["steps"]
+    assert dumped[0]["prune"]["min_keep"] == 1 and dumped[1]["finetune"]["kd"] == {"temperature": 4.0, "alpha": 0.5}
+    assert PipelineConfig.model_validate(config.model_dump()) == config  # a record re-validates to the same config
+    with pytest.raises(bad_config(), match=r"steps\[0\]: unknown step 'distil'"):
+        PipelineConfig(steps=[{"distil": {}}])
+

@@ -89,3 +89,18 @@ def test_option_b_stream_groups_are_coupled_and_removable():
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(zero_channels_(model, keep)(x), small(x), atol=1e-5, rtol=1e-4)
+
+
+def test_model_families_own_their_channel_groups_and_stages():
+    from orchestrator.pruning.channels import group_ratios
+    from orchestrator.pruning.surgery import channel_groups
+    model = build_model("mobilenetv2", width_mult=0.25)
+    groups = channel_groups(model)
+    # the reference's rows (t, c, n, s): blocks 1-2 are stage 2, 3-5 stage 3, ...; block 0 does not expand
+    assert [g.stage for g in groups.values()][:5] == [1, 1, 2, 2, 2] and "blocks.0.conv.0" not in groups
+    ratios = group_ratios(model, groups, 0.0, stage_ratios=[0.0, 0.5, 0.25, 0, 0, 0, 0])  # one per stage, any family
+    assert {r for n, r in ratios.items() if groups[n].stage == 1} == {0.5} and ratios["blocks.16.conv.0"] == 0.0
+    resnet = build_model("resnet20b")
+    assert {g.stage for g in channel_groups(resnet).values() if g.kind == "stream"} == {0, 1, 2}
+    with pytest.raises(OrchestratorError, match="no channel groups known for Linear"):
+        channel_groups(torch.nn.Linear(2, 2))

@@ -83,14 +83,12 @@ def eval_(checkpoint, data_dir, split, val_size, npz, device, as_json):
 @_one_line_errors
 def models(num_classes):
     """List the model zoo with parameter counts."""
-    from ..models import ARCHITECTURES, build_model, count_parameters
+    from ..models import ARCHITECTURES, build_model, count_parameters, describe
 
     click.echo(f"{'arch':<12} {'parameters':>12}  notes")
     for arch in ARCHITECTURES:
         n = count_parameters(build_model(arch, num_classes))
-        note = ("option-B 1x1 shortcuts" if arch.startswith("resnet") and arch.endswith("b")
-                else "option-A shortcuts" if arch.startswith("resnet") else "")
-        click.echo(f"{arch:<12} {n:>12,}  {note}")
+        click.echo(f"{arch:<12} {n:>12,}  {describe(arch)}")
     click.echo("Any ResNet depth 6n+2 works too (resnet8, resnet1202, ...). Counts: weights, biases, BN affine.")
 
 

@@ -45,7 +45,10 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
     if views:
         server = (tracking_uri or "").startswith("http")
         host = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
-        click.echo(("MLflow" if server else "MLflow (after `mlflow ui --backend-store-uri sqlite:///mlflow.db`)")
+        import mlflow
+
+        store = tracking_uri or mlflow.get_tracking_uri()  # MLflow's own (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)
+        click.echo(("MLflow" if server else f"MLflow (after `mlflow ui --backend-store-uri {store}`)")
                    + f": trials {host}/{views['table']}\n  accuracy vs footprint {host}/{views['chart']}")
 
 

@@ -26,6 +26,7 @@ class Family:
     default: Callable[[re.Match, float], BaseModel]
     build: Callable[[BaseModel, int], nn.Module]
     check: Callable[[re.Match, BaseModel], str | None] = lambda m, w: None
+    note: Callable[[re.Match], str] = lambda m: ""  # what `orchestrator models` says about an arch
 
 
 def _resnet_check(m: re.Match, w: resnet.ResNetWidths) -> str | None:
@@ -46,7 +47,8 @@ def _vgg_check(m: re.Match, w: vgg.VGGWidths) -> str | None:
 FAMILIES: dict[str, Family] = {
     "resnet": Family(re.compile(r"resnet(\d+)(b?)"), resnet.ResNetWidths,
                      lambda m, k: resnet.default_widths(int(m[1]), k, "B" if m[2] else "A"),
-                     resnet.CifarResNet, _resnet_check),
+                     resnet.CifarResNet, _resnet_check,
+                     lambda m: "option-B 1x1 shortcuts" if m[2] else "option-A shortcuts"),
     "vgg": Family(re.compile(r"vgg(11|13|16|19)"), vgg.VGGWidths,
                   lambda m, k: vgg.default_widths(int(m[1]), k), vgg.CifarVGG, _vgg_check),
     "mobilenetv2": Family(re.compile(r"mobilenetv2"), mobilenetv2.MobileNetV2Widths,
@@ -65,6 +67,12 @@ def _match(arch: str) -> tuple[Family, re.Match]:
             return family, m
     raise ModelSpecError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)} "
                          "(and resnet<6n+2>[b] for other depths)")
+
+
+def describe(arch: str) -> str:
+    """A short note on an architecture name (its family's variant), for listings."""
+    family, m = _match(arch)
+    return family.note(m)
 
 
 def _check_width_mult(width_mult) -> None:

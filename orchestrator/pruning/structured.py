@@ -35,7 +35,7 @@ class FilterConfig(PruneConfig):
 
     structured = True
     ratio: Ratio = 0.5  # fraction of each group's channels removed
-    stage_ratios: list[Ratio] | None = None  # one ratio per stage (resnet/vgg), overrides `ratio`
+    stage_ratios: list[Ratio] | None = None  # one ratio per stage (the model family's stage map), overrides `ratio`
     group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its channel groups' ratio
     ratios: dict[str, Ratio] = {}  # per channel group name, overrides all of the above
     skip: list[str] = []  # groups left whole (the sensitive ones)

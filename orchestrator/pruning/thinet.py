@@ -29,8 +29,8 @@ class ThiNet(PruneConfig):
     structured = True
     method: Literal["thinet"] = "thinet"
     ratio: Ratio = 0.5  # fraction of each group's channels removed
-    stage_ratios: list[float] | None = None
-    ratios: dict[str, float] = {}
+    stage_ratios: list[Ratio] | None = None
+    ratios: dict[str, Ratio] = {}
     skip: list[str] = []
     images: int = Field(256, ge=1)  # calibration images drawn from the training split
     locations: int = Field(10, ge=1)  # sampled (output channel, position) pairs per image

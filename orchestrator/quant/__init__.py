@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import OrchestratorError
@@ -23,7 +23,7 @@ from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
 from ..qformat import FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_
-from ..values import IntBits, precision_bits
+from ..values import IntBits, check, precision_bits
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
 Format = Literal["int", "binary", "fp16", "bf16", "fp32"]  # fp32: weights untouched (activations only)
@@ -33,7 +33,7 @@ class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["ptq", "qat"] = "ptq"
     format: Format = "int"  # weight storage format
-    bits: IntBits = 8  # weight bits for "int"; binary is 1, fp16/bf16 are 16
+    bits: int = 8  # weight bits for "int" (`IntBits`: 2..16); binary is 1, fp16/bf16 are 16 (then ignored)
     layer_bits: dict[str, IntBits] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
     group_bits: dict[str, IntBits] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
     ends_bits: IntBits | None = 8  # first conv and classifier; None: like the others
@@ -43,6 +43,15 @@ class QuantConfig(BaseModel):
     # of least squared error (searched per channel; much better at 2-3 bits, also during QAT)
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
+
+    @model_validator(mode="after")
+    def _int_bits(self):
+        if self.format == "int":
+            try:
+                check(IntBits, self.bits, "bits")
+            except OrchestratorError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @property
     def precision(self) -> int:

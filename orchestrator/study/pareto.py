@@ -29,7 +29,7 @@ def label(p: dict) -> str:
                   if k.startswith("act_") and k != "act_bits"]
         q_epochs = p.get("quant_epochs", p.get("finetune_epochs", 0))
         out.append(f"w{bits}" + (f"a{act}" if act < 32 else "") + (f" ({' '.join(group)})" if group else "")
-                   + (f" qat{q_epochs:g}" if q_epochs else " ptq"))
+                   + (" mse" if p.get("weight_scale") == "mse" else "") + (f" qat{q_epochs:g}" if q_epochs else " ptq"))
     if p.get("kd") and any(p.get(k) for k in ("finetune_epochs", "quant_epochs", "channel_epochs")):
         out.append("kd")
     return " ".join(out) or "dense base"
@@ -186,7 +186,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
             f"<table border='1' cellpadding='4'><tr><th>trial</th><th>configuration</th><th>val</th><th>test</th>"
             f"<th>footprint (B)</th></tr>{table}</table>"
             f"<p style='color:#666;font-size:11px'>{html.escape(footer)}</p></body></html>")
-    path.write_text(page)
+    path.write_text(page, encoding="utf-8")
     return path
 
 

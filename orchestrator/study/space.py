@@ -19,7 +19,7 @@ from ..models import layer_groups
 from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..finetune import FinetuneConfig
-from ..values import Epochs, IntBits, Ratio, WeightBits, precision_format
+from ..values import ActBits, Epochs, IntBits, Ratio, WeightBits, precision_format
 from ..yamlio import read_mapping
 
 
@@ -28,7 +28,6 @@ MAX_GROUP_RATIO = 0.98  # a group's ratio (global ratio x its multiplier) is cap
 
 T = TypeVar("T")
 Choices = Annotated[list[T], Field(min_length=1)]  # a searched dimension lists at least one value
-ActBits = IntBits | Literal[32]  # activation bits; 32: float
 
 
 class Range(BaseModel):
