@@ -123,7 +123,8 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     model, ckpt = load_model(base, device)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    started = {"base": str(base), "pipeline": config.model_dump(mode="json")}  # what the kept steps belong to
+    dumped = config.model_dump(mode="json")  # the resolved config, as recorded everywhere below
+    started = {"base": str(base), "pipeline": dumped}  # what the kept steps belong to
     stamp = work / "pipeline.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != started:
         raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
@@ -181,12 +182,12 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     final["realized"] = realized(exported)
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
-    result = {"pipeline": config.model_dump(mode="json"), "base": str(base), "steps": records, "final": final,
+    result = {"pipeline": dumped, "base": str(base), "steps": records, "final": final,
               "export": str(export_path), "cache_hits": cache.hits if cache else 0}
     metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"], "eval_split": eval_split.name,
                "sparsity": sparsity(exported), "pipeline": result}
     save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
-                                    {"pipeline": config.model_dump(mode="json"), "base": str(base),
+                                    {"pipeline": dumped, "base": str(base),
                                      "teacher": str(config.teacher) if config.teacher else None}, metrics))
     _write_json(out.with_suffix(".json"), result)
     shutil.rmtree(work)
