@@ -9,8 +9,6 @@ read off the tensor shapes, so any depth (and a channel-pruned one) rebuilds.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,15 @@ from torch import nn
 
 from .errors import CheckpointError, ModelSpecError
 from .models import build_model
+from .paths import write_atomic
 from .qformat import attach_act_quant_, set_weight_spec_, weight_spec
 
 FORMAT = "orchestrator.checkpoint"
 VERSION = 1
 # Normalization the public CIFAR ResNet checkpoints were trained with (see their README).
 PUBLIC_RESNET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+FIELDS = ("arch", "widths", "num_classes", "dataset", "normalization", "config", "metrics", "quantization",
+          "state_dict")  # what a file stores, in its order (`source` is not stored: the format says it)
 
 
 @dataclass
@@ -58,10 +59,7 @@ class Checkpoint:
         return model.to(device).eval()
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "arch": self.arch, "widths": self.widths,
-                "num_classes": self.num_classes, "dataset": self.dataset,
-                "normalization": self.normalization, "config": self.config, "metrics": self.metrics,
-                "quantization": self.quantization, "state_dict": self.state_dict}
+        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in FIELDS}}
 
 
 def _checked(ckpt: Checkpoint, path) -> Checkpoint:
@@ -115,14 +113,10 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
 def save_checkpoint(path, ckpt: Checkpoint) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated file under `path`."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: workers share a cache
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ckpt.to_dict(), tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(ckpt.to_dict(), tmp))
     except (OSError, RuntimeError) as exc:  # torch's writer reports a failed open as a RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
     return path
 
@@ -146,8 +140,7 @@ def load_checkpoint(path) -> Checkpoint:
         if obj.get("version") != VERSION:
             raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} unsupported; allowed: {VERSION}")
         try:
-            return _checked(Checkpoint(obj["arch"], obj["widths"], obj["num_classes"], obj["state_dict"],
-                                       obj["dataset"], obj["normalization"], obj["config"], obj["metrics"],
+            return _checked(Checkpoint(**{k: obj[k] for k in FIELDS if k != "quantization"},
                                        quantization=obj.get("quantization", {})), path)
         except KeyError as exc:
             raise CheckpointError(f"{path}: checkpoint lacks the {exc.args[0]!r} field") from None

@@ -8,6 +8,8 @@ the way of a folder and a full disk are all found the same way.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -46,3 +48,33 @@ def writable_dir(path, what: str = "--out") -> Path:
 def sqlite_file(url: str) -> Path | None:
     """The file of an `sqlite:///FILE` URL, None for other URLs."""
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def write_atomic(path, write) -> Path:
+    """`write(tmp)`, then `tmp` renamed to `path`: a crash mid-write never leaves a truncated `path`. The
+    temporary name is per process, since study workers share a step cache; it is removed on failure."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def read_json(path, default):
+    """The JSON in `path`, `default` when there is no such file; a corrupt file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise OrchestratorError(f"{path} is not valid JSON (a partial result?); delete it to start over") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from .errors import OrchestratorError
 from .footprint import measure
 from .footprint.export import export, load_export
 from .models import layer_groups
-from .paths import writable_file
+from .paths import read_json, writable_file, write_json
 from .qformat import weight_spec
 from .finetune import FinetuneData, finetune
 from .pruning import finalize_, prune_, sparsity
@@ -71,12 +70,6 @@ def realized(model: nn.Module) -> dict:
             "widths": getattr(model, "widths", None)}
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: workers share a cache
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 class StepCache:
     """Finished steps shared between pipelines (study trials): a step's result is stored under a hash of
     everything that determines it (base checkpoint file, data, validation size, the steps up to it), so
@@ -106,7 +99,7 @@ class StepCache:
 
     def put(self, key: str, model: nn.Module, record: dict, dataset: str, normalization: dict) -> None:
         save_checkpoint(self.folder / f"{key}.pt", from_model(model.cpu(), dataset, normalization))
-        _write_json(self.folder / f"{key}.json", record)
+        write_json(self.folder / f"{key}.json", record)
 
 
 def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False,
@@ -126,10 +119,10 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     dumped = config.model_dump(mode="json")  # the resolved config, as recorded everywhere below
     started = {"base": str(base), "pipeline": dumped}  # what the kept steps belong to
     stamp = work / "pipeline.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != started:
+    if read_json(stamp, started) != started:
         raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
                                 f"to finish it, or delete {work} to start this one")
-    _write_json(stamp, started)
+    write_json(stamp, started)
     train_split = load_split(ckpt.dataset, "train", data_dir)
     test = load_split(ckpt.dataset, "test", data_dir)
     val = None
@@ -140,7 +133,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     act_bits = config.act_bits
     cache = StepCache(cache_dir, base, data_dir, config.val_size, config.teacher, act_bits) if cache_dir else None
     records_path = work / "records.json"
-    records = json.loads(records_path.read_text()) if records_path.is_file() else []
+    records = read_json(records_path, [])
     if not records:
         hit = cache.get(cache.key([]), device) if cache else None
         if hit:
@@ -153,7 +146,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
             if cache:
                 cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
                 model.to(device)
-        _write_json(records_path, records)
+        write_json(records_path, records)
     done = len(records) - 1
     if done:
         model = load_model(work / f"step{done}.pt", device)[0]
@@ -171,7 +164,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
         model.to(device)
         records.append(record)
-        _write_json(records_path, records)
+        write_json(records_path, records)
     export_path = out.with_suffix(".orcx")
     info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
     exported, _ = load_export(export_path)
@@ -189,7 +182,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
                                     {"pipeline": dumped, "base": str(base),
                                      "teacher": str(config.teacher) if config.teacher else None}, metrics))
-    _write_json(out.with_suffix(".json"), result)
+    write_json(out.with_suffix(".json"), result)
     shutil.rmtree(work)
     return result
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -15,7 +12,7 @@ from .checkpoint import Checkpoint, from_model, load_checkpoint, load_model, sav
 from .data import get_spec, load_arrays, load_split, split_validation
 from .errors import OrchestratorError
 from .models import build_model
-from .paths import writable_dir, writable_file
+from .paths import read_json, writable_dir, writable_file, write_json
 from .train import TrainConfig, evaluate, train
 
 
@@ -79,21 +76,6 @@ def evaluate_checkpoint(path, *, data_dir=None, split: str = "test", val_size: i
 
 # analysis jobs (no retraining; compression jobs are pipelines: pipeline.run_pipeline) ----------------
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path, default):
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise OrchestratorError(f"{path} is not valid JSON (a partial result?); delete it to start over") from None
-
-
 def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test", val_size: int = 5000,
                      out_dir, device="cpu", on_point=None, bn_recalibration: int = 0) -> list[dict]:
     """Method 1 of the seed for every method and ratio; resumable (rows are kept in sweep.json)."""
@@ -104,10 +86,10 @@ def sweep_checkpoint(path, *, methods, ratios, data_dir=None, split: str = "test
     model, ckpt = load_model(path, device)
     data = _eval_split(ckpt.dataset, data_dir, split, val_size)
     store = out_dir / "sweep.json"
-    done = _read_json(store, {"checkpoint": str(path), "rows": []})["rows"]
+    done = read_json(store, {"checkpoint": str(path), "rows": []})["rows"]
 
     def save(rows):
-        _write_json(store, {"checkpoint": str(path), "rows": rows})
+        write_json(store, {"checkpoint": str(path), "rows": rows})
         on_point and on_point(rows[-1])
 
     train_split = None
@@ -128,19 +110,20 @@ def sensitivity_checkpoint(path, *, ratios, data_dir=None, split: str = "val", v
     """Li et al.'s per-group sensitivity table (resumable: sensitivity.json) and its plot."""
     from . import plots
     from .pruning.sensitivity import sensitivity
+    from .pruning.structured import kinds
 
     out_dir = writable_dir(out_dir)
     model, ckpt = load_model(path, device)
     data = _eval_split(ckpt.dataset, data_dir, split, val_size)
     store = out_dir / "sensitivity.json"
-    done = _read_json(store, {}).get("table")
+    done = read_json(store, {}).get("table")
 
     def save(table):
-        _write_json(store, {"checkpoint": str(path), "split": data.name, "table": table})
+        write_json(store, {"checkpoint": str(path), "split": data.name, "table": table})
         on_point and on_point(table)
 
-    kinds = ("internal",) if groups == "internal" else ("internal", "stream")
-    table = sensitivity(model, data, ckpt.normalization, ratios, kinds, device=device, done=done, on_point=save)
+    table = sensitivity(model, data, ckpt.normalization, ratios, kinds(groups), device=device, done=done,
+                        on_point=save)
     save(table)
     plots.sensitivity_plot(table, out_dir / "sensitivity.png", f"{ckpt.arch}: pruning one group at a time ({data.name})",
                            footer=f"orchestrator sensitivity {path} --out {out_dir}")
