@@ -72,8 +72,8 @@ def cutout(images: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tenso
 class DeviceLoader:
     """Iterates (inputs, labels) batches of a split that lives on `device` as uint8.
 
-    `train=True` shuffles with randperm and augments; call `set_epoch` (or pass the epoch to
-    `epoch_batches`) to get a different, reproducible order each epoch.
+    `train=True` shuffles with randperm and augments; pass the epoch to `epoch_batches` to get a
+    different, reproducible order each epoch.
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, device="cpu", train: bool = False,
@@ -87,18 +87,14 @@ class DeviceLoader:
         self.train, self.augment, self.seed = train, augment if train else NO_AUGMENT, seed
         self.drop_last = train if drop_last is None else drop_last
         self.dtype, self.channels_last = dtype, channels_last
-        self.epoch = 0
         self._coeffs = affine(mean, std, self.images.device)
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self):
-        return self.epoch_batches(self.epoch)
+        return self.epoch_batches(0)
 
     def epoch_batches(self, epoch: int):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -125,3 +121,14 @@ class DeviceLoader:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def first_batches(split: Split, batch_size: int, normalization: dict, device, images: int):
+    """Batches of `split` in order, without augmentation, until `images` images have gone by (calibration)."""
+    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device)
+    seen = 0
+    for x, y in loader:
+        yield x, y
+        seen += len(x)
+        if seen >= images:
+            return

@@ -8,7 +8,6 @@ fine-tunes that need another loss (distillation).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -21,7 +20,8 @@ from torch import nn
 from .data import Split
 from .errors import OrchestratorError
 from .values import Epochs
-from .loader import Augment, DeviceLoader
+from .loader import Augment, DeviceLoader, first_batches
+from .paths import write_atomic
 from .progress import Progress
 
 
@@ -78,9 +78,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device):
-    if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda") else None
 
 
 def _channels_last(config: TrainConfig, device: torch.device) -> bool:
@@ -132,24 +130,17 @@ def recalibrate_bn(model: nn.Module, split: Split, normalization: dict, images: 
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.to(device).train()
-    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device,
-                          train=False)
-    seen = 0
-    for x, _ in loader:
+    for x, _ in first_batches(split, batch_size, normalization, device, images):
         model(x)
-        seen += len(x)
-        if seen >= images:
-            break
     for m, momentum in saved:
         m.momentum = momentum
     return model.train(was_training)
 
 
 def _save_state(path: Path, model, optimizer, epoch: int, history: list, config: TrainConfig) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": history, "config": config.model_dump()}, tmp)
-    os.replace(tmp, path)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "history": history, "config": config.model_dump()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def train(model: nn.Module, train_split: Split, config: TrainConfig, normalization: dict, *,

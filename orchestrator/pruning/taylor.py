@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..loader import DeviceLoader
+from ..loader import first_batches
 from ..finetune import FinetuneData
 from .registry import register
 from .structured import FilterConfig, kinds, prune_filters
@@ -33,22 +33,16 @@ class TaylorFilter(FilterConfig):
 def taylor_scores(model: nn.Module, data: FinetuneData, images: int, batch_size: int, group_kinds) -> dict:
     """{group: importance per channel} from BN-parameter gradients on `images` training images."""
     train = data.require("train", "taylor_filter")
-    loader = DeviceLoader(train, min(batch_size, len(train)), data.normalization["mean"], data.normalization["std"],
-                          data.device, train=False)
     bns = {name: [model.get_submodule(b) for b in g.bns] for name, g in channel_groups(model, group_kinds).items()}
     scores = {name: torch.zeros(g.size(model), device=data.device) for name, g in channel_groups(model, group_kinds).items()}
     was_training = model.training
     model.to(data.device).eval()  # BN in eval mode: the statistics the deployed net uses
-    seen = 0
-    for x, y in loader:
+    for x, y in first_batches(train, batch_size, data.normalization, data.device, images):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         for name, modules in bns.items():
             contrib = sum(m.weight * m.weight.grad + m.bias * m.bias.grad for m in modules)
             scores[name] += contrib.detach() ** 2
-        seen += len(y)
-        if seen >= images:
-            break
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {name: s.cpu() for name, s in scores.items()}

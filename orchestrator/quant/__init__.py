@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import OrchestratorError
-from ..loader import DeviceLoader
+from ..loader import first_batches
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
@@ -68,14 +68,11 @@ class QuantConfig(BaseModel):
         if unknown:
             raise OrchestratorError(f"layer_bits names unknown layer {unknown[0]!r}; layers: {', '.join(layers)}")
         groups = layer_groups(model)
-        unknown = [g for g in self.group_bits if g not in groups]
-        if unknown:
-            raise OrchestratorError(f"group_bits names group {unknown[0]!r}, which the model does not have; "
-                                    f"groups: {', '.join(groups)}")
-        unknown = [g for g in self.group_act_bits if g not in groups]
-        if unknown:
-            raise OrchestratorError(f"group_act_bits names group {unknown[0]!r}, which the model does not have; "
-                                    f"groups: {', '.join(groups)}")
+        for key in ("group_bits", "group_act_bits"):
+            unknown = [g for g in getattr(self, key) if g not in groups]
+            if unknown:
+                raise OrchestratorError(f"{key} names group {unknown[0]!r}, which the model does not have; "
+                                        f"groups: {', '.join(groups)}")
         if self.group_act_bits and self.act_bits is None:
             raise OrchestratorError("group_act_bits needs act_bits (the bits of the other groups)")
         explicit = {n: b for g, b in self.group_bits.items() for n in groups[g]} | self.layer_bits
@@ -86,31 +83,22 @@ class QuantConfig(BaseModel):
                 fmt, bits = "int", explicit[name]
             elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in SCALED_FORMATS:
                 fmt, bits = "int", self.ends_bits
-            if fmt == "fp32":
-                plan[name] = ("fp32", 32)
-            else:
-                plan[name] = (fmt, check_bits(fmt, bits))
+            plan[name] = ("fp32", 32) if fmt == "fp32" else (fmt, check_bits(fmt, bits))
         return plan
 
 
 def calibrate_(model: nn.Module, data: FinetuneData, images: int) -> None:
     """Run `images` training images through the model with every ActQuant recording its range."""
     split = data.require("train", "activation calibration")
-    loader = DeviceLoader(split, min(256, len(split)), data.normalization["mean"], data.normalization["std"],
-                          data.device, train=False)
     quants = [m for m in model.modules() if isinstance(m, ActQuant)]
     for q in quants:
         q.calibrating, q.momentum = True, 1.0  # first batch sets max, later ones take the running maximum
-    seen = 0
     model.to(data.device).eval()
     with torch.no_grad():
-        for i, (x, _) in enumerate(loader):
+        for i, (x, _) in enumerate(first_batches(split, 256, data.normalization, data.device, images)):
             for q in quants:
                 q.momentum = 1.0 if i == 0 else 0.1
             model(x)
-            seen += len(x)
-            if seen >= images:
-                break
     for q in quants:
         q.calibrating, q.momentum = False, 0.1
 
