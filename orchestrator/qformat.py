@@ -16,6 +16,7 @@ A layer whose input is quantized carries an `act_quant` (`ActQuant`: k bits, cal
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,10 +25,6 @@ from torch import nn
 
 from .errors import OrchestratorError
 from .values import IntBits, check
-
-def int_range(bits: int) -> tuple[int, int]:
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
 
 def _float(dtype):
     def quantize(w: torch.Tensor, bits: int, clip: bool = False):
@@ -51,20 +48,16 @@ def _int(w: torch.Tensor, bits: int, clip: bool = False):
     down costs far less than the coarse grid max |w| leaves for all the others (at 2 bits, max scaling zeroes
     every weight under max/2)."""
     flat = w.detach().reshape(w.shape[0], -1).float()
-    _, hi = int_range(bits)
+    hi = 2 ** (bits - 1) - 1  # the top code; codes are symmetric in [-hi, hi]
     top = flat.abs().amax(1).clamp(min=1e-12)
+    scale = top / hi
     if clip:  # one candidate at a time: memory of one weight copy, whatever the layer
-        scale, best = top / hi, None
+        best = torch.full_like(top, math.inf)
         for f in CLIP_FRACTIONS.tolist():
             s = f * top / hi
             err = ((torch.clamp(torch.round(flat / s[:, None]), -hi, hi) * s[:, None] - flat) ** 2).sum(1)
-            if best is None:
-                best, scale = err, s
-            else:
-                better = err < best
-                best, scale = torch.where(better, err, best), torch.where(better, s, scale)
-    else:
-        scale = top / hi
+            better = err < best
+            best, scale = torch.where(better, err, best), torch.where(better, s, scale)
     return torch.clamp(torch.round(flat / scale[:, None]), -hi, hi), scale
 
 
@@ -125,11 +118,8 @@ def quantize_weight_(module: nn.Module, fmt: str, bits: int | None = None, clip:
     _, scale, deq = quantize_tensor(module.weight, fmt, bits, clip)
     target.copy_(deq)
     module.weight_format, module.weight_bits = fmt, bits
-    if scale is not None:
-        if "weight_scale" in module._buffers:
-            module.weight_scale = scale
-        else:
-            module.register_buffer("weight_scale", scale)
+    if scale is not None:  # registered, or replaced when it is already a buffer
+        module.register_buffer("weight_scale", scale)
     return module
 
 

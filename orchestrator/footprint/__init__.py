@@ -55,14 +55,6 @@ class Footprint(BaseModel):
     micronet_score: float
     tensors: list[TensorRow]
 
-    @property
-    def param_bytes(self) -> float:
-        return self.param_bits / 8
-
-    @property
-    def total_bytes(self) -> float:
-        return self.total_bits / 8
-
 
 def measure(model: nn.Module, batch: int = 1, act_bits: int | None = None) -> Footprint:
     """Footprint of `model` for one inference of `batch` images with `act_bits`-bit activations.
@@ -79,11 +71,9 @@ def measure(model: nn.Module, batch: int = 1, act_bits: int | None = None) -> Fo
     gm = trace(model, batch)
     act = activation_report(model, batch, act_bits, gm, mixed)
     macs = layer_macs(gm, model)
-    tensors = []
-    for row in rows:
-        module = row["name"].rsplit(".", 1)[0] if "." in row["name"] else ""
-        extra = macs.get(module, {}) if row["kind"] == "weight" else {}
-        tensors.append(TensorRow(**row, **extra))
+    # a weight row gets its layer's MACs (the module is the row's name without its last part)
+    tensors = [TensorRow(**row, **(macs.get(row["name"].rpartition(".")[0], {}) if row["kind"] == "weight" else {}))
+               for row in rows]
     param_bits = sum(t.storage_bits for t in tensors)
     ops = sum(t.macs_sparse * (max(t.bits, act_bits) / 32 + 1) for t in tensors)  # mul at its bits, add at 32
     return Footprint(

@@ -18,6 +18,7 @@ input + output (the per-layer IFM/OFM convention of Distiller), each named.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 
 import torch
@@ -66,25 +67,18 @@ def _numel(node: fx.Node) -> int | None:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):
         return None
-    n = 1
-    for d in meta.shape:
-        n *= int(d)
-    return n
+    return math.prod(map(int, meta.shape))
 
 
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     """'view', 'elementwise' or 'alloc'."""
     if node.op == "call_module":
         return "elementwise" if isinstance(gm.get_submodule(node.target), ELEMENTWISE_MODULES) else "alloc"
-    if node.op == "call_function":
-        if node.target in VIEW_FUNCS:
-            return "view"
-        return "elementwise" if node.target in ELEMENTWISE_FUNCS else "alloc"
-    if node.op == "call_method":
-        if node.target in VIEW_METHODS:
-            return "view"
-        return "elementwise" if node.target in ELEMENTWISE_METHODS else "alloc"
-    return "alloc"
+    views, elementwise = {"call_function": (VIEW_FUNCS, ELEMENTWISE_FUNCS),
+                          "call_method": (VIEW_METHODS, ELEMENTWISE_METHODS)}.get(node.op, ((), ()))
+    if node.target in views:
+        return "view"
+    return "elementwise" if node.target in elementwise else "alloc"
 
 
 def check_inputs(batch, bits) -> None:
@@ -95,14 +89,9 @@ def check_inputs(batch, bits) -> None:
         raise OrchestratorError(f"act_bits={bits!r} must be an integer in 1..32")
 
 
-def act_quant_bits(model: nn.Module) -> dict[str, int]:
-    """Activation bits of each quantized layer's input, by module name."""
-    return {n: m.act_quant.bits for n, m in model.named_modules() if hasattr(m, "act_quant")}
-
-
 def buffer_bits(model: nn.Module, gm: fx.GraphModule, root: dict, bits: int) -> dict[fx.Node, int]:
     """Bits per stored value of each buffer: `bits`, or in a mixed model the widest quantized reader's."""
-    quants = act_quant_bits(model)
+    quants = {n: m.act_quant.bits for n, m in model.named_modules() if hasattr(m, "act_quant")}  # layer -> input bits
     buffers = set(root.values())
     if len(set(quants.values())) <= 1:
         return dict.fromkeys(buffers, bits)

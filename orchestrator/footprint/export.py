@@ -18,7 +18,6 @@ at most 3 bytes per tensor; the header is reported separately.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import build_model
-from ..paths import writable_file
+from ..paths import writable_file, write_atomic
 from ..qformat import FLOAT_DTYPES, SCALED_FORMATS, attach_act_quant_, set_weight_spec_, weight_codes, weight_spec
 from .params import parameter_rows, zero_gaps
 
@@ -105,7 +104,7 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
                               "orchestrator.models carry the architecture spec an export needs")
     path = writable_file(path, "export file")
     rows = parameter_rows(model)
-    entries, payload = [], bytearray()
+    tensors, payload = [], bytearray()  # per tensor what the architecture cannot tell (the header's compact form)
     for row in rows:
         module, attr = _resolve(model, row["name"])
         if row["kind"] == "bn":
@@ -132,27 +131,19 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
             streams["values"] = _encode_values(vals, fmt, row["bits"])
         else:
             streams["values"] = _encode_values(flat, fmt, row["bits"])
-        entry = {"name": row["name"], "kind": row["kind"], "shape": list(t.shape), "format": fmt,
-                 "bits": row["bits"], "encoding": row["encoding"], "index_bits": row["index_bits"],
-                 "nonzero": int(len(nz)), "streams": {k: len(v) for k, v in streams.items()}}
-        if row["encoding"] == "relative_index":
-            entry["entries"] = int(len(gaps))
-        entries.append(entry)
-        for v in streams.values():
-            payload += v
+        tensors.append([fmt, row["bits"], ENCODINGS.index(row["encoding"]), row["index_bits"], int(len(nz)),
+                        int(len(gaps)) if row["encoding"] == "relative_index" else 0])
+        payload += b"".join(streams.values())
     # activation quantization: bits and calibrated range per layer input (metadata, like the widths)
     acts = [[m.act_quant.bits, float(m.act_quant.max), int(m.act_quant.signed)] if hasattr(m, "act_quant") else 0
             for m in _layers(model).values()]
-    tensors = [[e["format"], e["bits"], ENCODINGS.index(e["encoding"]), e["index_bits"], e["nonzero"],
-                e.get("entries", 0)] for e in entries]
     header = zlib.compress(json.dumps({"arch": model.arch, "widths": model.widths, "num_classes": model.num_classes,
                                        "dataset": dataset, "normalization": normalization, "tensors": tensors,
                                        **({"activations": acts} if any(acts) else {})},
                                       separators=(",", ":")).encode(), 9)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(MAGIC + bytes([VERSION]) + struct.pack("<I", len(header)) + header + payload)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: tmp.write_bytes(MAGIC + bytes([VERSION]) + struct.pack("<I", len(header))
+                                                     + header + payload))
     except OSError as exc:
         raise CheckpointError(f"cannot write export file {path}: {exc.strerror or exc}") from None
     accounted = sum(r["storage_bits"] for r in rows)

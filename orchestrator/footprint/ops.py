@@ -6,6 +6,8 @@ A conv weight element is used once per output pixel, so sparse MACs = batch x H_
 
 from __future__ import annotations
 
+import math
+
 from torch import fx, nn
 
 
@@ -23,12 +25,8 @@ def layer_macs(gm: fx.GraphModule, model: nn.Module) -> dict[str, dict]:
             continue
         shape = node.meta["tensor_meta"].shape
         weight = module.weight
-        if isinstance(module, nn.Conv2d):
-            uses = shape[0] * shape[2] * shape[3]  # batch x output pixels
-        else:
-            uses = 1
-            for d in shape[:-1]:
-                uses *= int(d)
+        # a conv weight is used at every output pixel of every image, a linear one at every row of its input
+        uses = shape[0] * shape[2] * shape[3] if isinstance(module, nn.Conv2d) else math.prod(map(int, shape[:-1]))
         row = out.setdefault(node.target, {"macs": 0, "macs_sparse": 0})
         row["macs"] += uses * weight.numel()
         row["macs_sparse"] += uses * int((weight != 0).sum())
