@@ -26,8 +26,7 @@ def _save(fig, path: Path, footer: str | None) -> Path:
 
 def accuracy_vs_ratio(rows: list[dict], path, title: str, footer: str | None = None) -> Path:
     """One line per method: accuracy (%) against the pruning ratio."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["ratio"], 100 * r["acc"]) for r in rows if r["method"] == method)
         ax.plot(*zip(*pts), marker="o", ms=3, label=method)
@@ -39,10 +38,9 @@ def accuracy_vs_ratio(rows: list[dict], path, title: str, footer: str | None = N
 
 def sensitivity_plot(table: dict, path, title: str, footer: str | None = None) -> Path:
     """Li et al.'s figure: accuracy of the net with one group pruned, per group, against the ratio."""
-    plt = _pyplot()
     names = list(table["groups"])
     stages = sorted({n.split(".")[0] for n in names})
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.6), sharey=True, squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(stages), figsize=(4.2 * len(stages), 3.6), sharey=True, squeeze=False)
     for ax, stage in zip(axes[0], stages):
         for name in [n for n in names if n.split(".")[0] == stage]:
             pts = sorted((float(r), 100 * a) for r, a in table["groups"][name].items())

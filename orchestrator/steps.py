@@ -107,11 +107,8 @@ class PipelineConfig(BaseModel):
 
     def uses_kd(self) -> bool:
         """Whether any fine-tune (a finetune step, or a prune/quantize step's own) distills."""
-        for step in self.steps:
-            ft = step.config if step.kind == "finetune" else getattr(step.config, "finetune", None)
-            if ft is not None and ft.kd is not None:
-                return True
-        return False
+        fts = [s.config if s.kind == "finetune" else getattr(s.config, "finetune", None) for s in self.steps]
+        return any(ft is not None and ft.kd is not None for ft in fts)
 
 
 def load_pipeline(path) -> PipelineConfig:

@@ -30,9 +30,7 @@ def _prune_config(method, ratio, stage_ratios, skip, rounds, schedule, finetune_
     ft_given = {k: v for k, v in (("epochs", finetune_epochs), ("lr", finetune_lr), ("batch_size", finetune_bs))
                 if v is not None}
     if ft_given:
-        ft = dict(config.get("finetune") or {})
-        ft.update(ft_given)
-        config["finetune"] = ft
+        config["finetune"] = {**(config.get("finetune") or {}), **ft_given}
     if "method" not in config:
         raise OrchestratorError("give --method NAME (or a config file with a 'method' key)")
     return config

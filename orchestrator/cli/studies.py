@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import _device, _one_line_errors, data_dir_option, device_option, main
+from ..errors import OrchestratorError
+from .common import _device, _one_line_errors, data_dir_option, device_option, main, with_options
 
 storage_option = click.option("--storage", default=None,
                               help="Optuna storage URL (default: sqlite:///runs/studies.db; postgresql://... "
@@ -54,7 +55,6 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
 
 def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
-    from ..errors import OrchestratorError
     from ..study import open_study, status
     from ..study.runner import preflight, publish
     from ..study.tracking import Tracker
@@ -76,18 +76,17 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     click.echo(f"Pareto front -> {files[-1]}")
 
 
-def _common(fn):
-    for opt in reversed([storage_option, mlflow_option, data_dir_option, device_option,
-                         click.option("--out", "out_dir", default="runs/studies", show_default=True,
-                                      help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
-                         click.option("--trials", type=click.IntRange(min=1), default=None,
-                                      help="At most this many trials now (default: up to the budget)."),
-                         click.option("--quiet", is_flag=True, help="No training progress output."),
-                         click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                                      help="Local worker processes sharing the study, each with cores/N torch "
-                                           "threads (more than one needs more than 2 cores to pay off).")]):
-        fn = opt(fn)
-    return fn
+_common = with_options([
+    storage_option, mlflow_option, data_dir_option, device_option,
+    click.option("--out", "out_dir", default="runs/studies", show_default=True,
+                 help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
+    click.option("--trials", type=click.IntRange(min=1), default=None,
+                 help="At most this many trials now (default: up to the budget)."),
+    click.option("--quiet", is_flag=True, help="No training progress output."),
+    click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Local worker processes sharing the study, each with cores/N torch "
+                      "threads (more than one needs more than 2 cores to pay off)."),
+])
 
 
 def _run_command(name: str, must_exist: bool, doc: str):
@@ -129,7 +128,6 @@ def study_status(space_file, storage):
 
 def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build) -> list:
     """Open a study with finished trials, write files with `build(study, space, out)`, log them to MLflow."""
-    from ..errors import OrchestratorError
     from ..study import DEFAULT_STORAGE, load_space, open_study
     from ..study.tracking import PARENT_ATTR, Tracker
 
@@ -146,13 +144,10 @@ def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build) -> li
 
 
 def _publish_options(kind: str):
-    def deco(fn):
-        for opt in reversed([click.argument("space_file", type=click.Path(dir_okay=False)), storage_option,
-                             mlflow_option, click.option("--out", "out_dir", default=None,
-                                                         help=f"Default: runs/studies/<name>/{kind}")]):
-            fn = opt(fn)
-        return _one_line_errors(fn)
-    return deco
+    options = with_options([click.argument("space_file", type=click.Path(dir_okay=False)), storage_option,
+                            mlflow_option, click.option("--out", "out_dir", default=None,
+                                                        help=f"Default: runs/studies/<name>/{kind}")])
+    return lambda fn: _one_line_errors(options(fn))
 
 
 @study.command("pareto")
@@ -163,7 +158,6 @@ def _publish_options(kind: str):
 @click.option("--trial", type=click.IntRange(min=0), default=None, help="With --register: this trial's model.")
 def study_pareto(space_file, storage, tracking_uri, out_dir, register_as, trial):
     """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
-    from ..errors import OrchestratorError
     from ..study.pareto import export_pareto, rows
 
     if trial is not None and not register_as:

@@ -1,13 +1,9 @@
 """Structured pruning by channel surgery: remove channels and get a smaller dense model.
 
-A *channel group* is a set of channels that must go together: the output channels of its
-producer convs, the BNs after them, any depthwise conv (and its BN) running on them, and the
-matching input channels of the layers that read them (the consumers). Groups are read off the
-width spec, so removal is: new widths -> `build_model` -> copy the kept slices. No masks, no
-`weight_orig`: the result saves and reloads through the checkpoint format.
-
-Each model family declares its groups (`channel_groups()` in `models/`); kind "internal" is what
-Li et al. 2017 and ThiNet pruned, kind "stream" the residual stream of option-B ResNets.
+The channels that must go together are a *channel group* (`models.groups`: each model family declares
+its own, read off the width spec), so removal is: new widths -> `build_model` -> copy the kept slices. No
+masks, no `weight_orig`: the result saves and reloads through the checkpoint format. Kind "internal" is
+what Li et al. 2017 and ThiNet pruned, kind "stream" the residual stream of option-B ResNets.
 """
 
 from __future__ import annotations

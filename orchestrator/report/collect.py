@@ -9,6 +9,7 @@ from ..errors import OrchestratorError
 from ..footprint import measure
 from ..footprint.activations import activation_report
 from ..pruning import METHODS, sparsity
+from ..study import status
 from ..study.pareto import method_curves, rows
 from ..workflows import environment
 
@@ -110,15 +111,12 @@ def collect(study, space) -> dict:
                     target=lambda t, i=i: t.values[i])
     except Exception as exc:  # too few or too uniform trials
         importances = {"unavailable": str(exc).splitlines()[0][:120]}
-    counts: dict = {}
-    for t in trials.values():
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
     methods = sorted({r.get("method", "none") for r in data})
     return {"study": study.study_name, "space": space.model_dump(), "dense": dense, "rows": data, "front": front,
             "answer": answer, "floor": floor, "infeasible": sum(not r["feasible"] for r in data),
             "profiles": profiles, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
             "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": kd, "curves": curves,
-            "importances": importances, "counts": counts, "environment": environment(),
+            "importances": importances, "counts": status(study), "environment": environment(),
             "methods": {m: DESCRIPTIONS[m] if m in DESCRIPTIONS else (METHODS[m][0].__doc__ or m).splitlines()[0]
                         for m in methods},
             "hours": sum(_duration(t) for t in trials.values()) / 3600,

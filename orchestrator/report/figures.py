@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..plots import _pyplot  # matplotlib itself is imported on the first figure
+
 
 def _save(fig, out: Path, name: str) -> dict:
-    from ..plots import _pyplot
-
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for ext in ("png", "svg"):
@@ -18,10 +18,7 @@ def _save(fig, out: Path, name: str) -> dict:
 
 
 def pareto(d: dict, out: Path) -> dict:
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.8))
     rs = [r for r in d["rows"] if r["feasible"]]
     bad = [r for r in d["rows"] if not r["feasible"]]
     ax.scatter([r["footprint_bytes"] for r in rs], [100 * r["val_acc"] for r in rs], s=10, color="0.6", alpha=0.3,
@@ -53,10 +50,7 @@ def importances(d: dict, out: Path) -> dict | None:
     imp = {k: v for k, v in d["importances"].items() if isinstance(v, dict)}
     if not imp:
         return None
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(imp), figsize=(4.2 * len(imp), 3), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(imp), figsize=(4.2 * len(imp), 3), squeeze=False)
     for ax, (objective, values) in zip(axes[0], imp.items()):
         names = list(values)[::-1]
         ax.barh(names, [values[n] for n in names], color="C0")
@@ -69,10 +63,7 @@ def importances(d: dict, out: Path) -> dict | None:
 def bits(d: dict, out: Path) -> dict | None:
     if len(d["by_bits"]) < 2:
         return None
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _pyplot().subplots(figsize=(5, 3))
     labels = [str(b) for b in d["by_bits"]]
     ax.bar(labels, [100 * v for v in d["by_bits"].values()], color="C2")
     ax.axhline(100 * d["dense"]["val_acc"], color="k", ls="--", lw=0.8)
@@ -85,11 +76,8 @@ def best_model(d: dict, out: Path) -> dict | None:
     bm = d["best_model"]
     if not bm:
         return None
-    from ..plots import _pyplot
-
-    plt = _pyplot()
     layers = [k for k in bm["sparsity"] if k != "total"]
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = _pyplot().subplots(figsize=(8, 3))
     ax.bar(range(len(layers)), [100 * bm["sparsity"][k] for k in layers], color="C1")
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
     ax.set(ylabel="zero weights (%)", ylim=(0, 100))
@@ -104,10 +92,7 @@ def memory(d: dict, out: Path) -> dict | None:
     prof = d.get("profiles", {})
     if "chosen" not in prof:
         return None
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (a1, a2) = _pyplot().subplots(1, 2, figsize=(11, 3.6))
     for key, color, name in (("dense", "C3", f"dense {d['dense']['arch']}"), ("chosen", "C0", f"trial {d['best']['trial']}")):
         p = prof[key]
         live = [b / 1024 for _, b in p["live"]]

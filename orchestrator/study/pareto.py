@@ -114,8 +114,7 @@ def write_tables(data: list[dict], out_dir: Path) -> tuple[Path, Path]:
 def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
     from ..plots import _pyplot, _save
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.8))
     dom = [r for r in data if not r["pareto"] and r["feasible"]]
     bad = [r for r in data if not r["feasible"]]
     front = [r for r in data if r["pareto"]]

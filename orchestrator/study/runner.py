@@ -13,9 +13,11 @@ import os
 import random
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 from ..errors import OrchestratorError
+from ..paths import sqlite_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
 from .pareto import export_pareto, rows
@@ -37,8 +39,8 @@ def _optuna():
 def storage_for(url: str):
     """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error."""
     optuna = _optuna()
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if (file := sqlite_file(url)) is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
     last = None
@@ -88,14 +90,11 @@ def per_trial_seed(inner, seed: int):
         def __init__(self):
             self.inner = inner
 
-        def _reseed(self, number: int) -> None:
+        def before_trial(self, study, trial):
             for k, obj in enumerate((self.inner, getattr(self.inner, "_random_sampler", None))):
                 rng = getattr(obj, "_rng", None)
                 if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
-                    rng.rng.seed((seed * 1_000_003 + number * 2 + k) % 2**32)
-
-        def before_trial(self, study, trial):
-            self._reseed(trial.number)
+                    rng.rng.seed((seed * 1_000_003 + trial.number * 2 + k) % 2**32)
             self.inner.before_trial(study, trial)
 
         def infer_relative_search_space(self, study, trial):
@@ -144,10 +143,8 @@ def finished(study) -> int:
 
 def same_pipeline(study, pipeline: dict):
     """A complete, original trial of the study that ran exactly this pipeline, or None."""
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs and t.user_attrs.get("pipeline") == pipeline:
-            return t
-    return None
+    return next((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                 and "duplicate_of" not in t.user_attrs and t.user_attrs.get("pipeline") == pipeline), None)
 
 
 def constraint_of(space: SearchSpace, val_acc: float, base_val_acc: float) -> float | None:
@@ -246,19 +243,16 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
             log.warning("trial %d failed: %s", trial.number, reason)
             raise
         values = objectives_of(space, result)
-        f = result["final"]
-        for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs", "macs_sparse", "nonzero",
-                  "compression", "file_bytes", "realized"):
-            trial.set_user_attr(k, f[k])
-        val, base_val = result["steps"][-1]["eval_acc"], result["steps"][0]["eval_acc"]
-        trial.set_user_attr("val_acc", val)
-        trial.set_user_attr("cache_hits", result["cache_hits"])
-        trial.set_user_attr("base_val_acc", base_val)
-        trial.set_user_attr("base_total_bits", result["steps"][0]["total_bits"])
-        trial.set_user_attr("base_test_acc", f["base_test_acc"])
-        trial.set_user_attr("checkpoint", str(ckpt))
-        trial.set_user_attr("export", result["export"])
-        constraint = constraint_of(space, val, base_val)
+        f, base = result["final"], result["steps"][0]
+        val = result["steps"][-1]["eval_acc"]
+        attrs = {k: f[k] for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs",
+                                   "macs_sparse", "nonzero", "compression", "file_bytes", "realized")}
+        attrs.update(val_acc=val, cache_hits=result["cache_hits"], base_val_acc=base["eval_acc"],
+                     base_total_bits=base["total_bits"], base_test_acc=f["base_test_acc"], checkpoint=str(ckpt),
+                     export=result["export"])
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        constraint = constraint_of(space, val, base["eval_acc"])
         if constraint is not None:
             trial.set_constraint("accuracy_drop", constraint)
         try:
@@ -277,8 +271,8 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
 
     duplicates: list[int] = []
     stopped: list[str] = []
-    timeout = space.budget.timeout_minutes * 60 if space.budget.timeout_minutes else None
-    deadline = None if timeout is None else time.monotonic() + timeout
+    minutes = space.budget.timeout_minutes
+    deadline = time.monotonic() + minutes * 60 if minutes else None
     spent = finished(study)
     target = space.budget.trials if trials is None else min(space.budget.trials, spent + trials)
     while finished(study) < target and len(duplicates) <= max(10, space.budget.trials):
@@ -302,10 +296,8 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
 
 
 def status(study) -> dict:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
+    """Trial counts by state, in the order states first occur."""
+    return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
 
 
 __all__ = ["DEFAULT_STORAGE", "open_study", "run_study", "status", "storage_for", "finished"]

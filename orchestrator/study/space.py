@@ -207,37 +207,15 @@ class SearchSpace(BaseModel):
         return grid
 
     def suggest(self, trial) -> PipelineConfig:
-        """The trial's pipeline. Every dimension is always suggested (a fixed space suits NSGA-II and grids);
-        parameters a pipeline does not use (the ratio of "none") do not change it, and trials are compared by
-        their pipelines."""
-        d = self.dimensions
+        """The trial's pipeline. Every parameter of `params()` is always suggested, in its order (a fixed space
+        suits NSGA-II and grids); parameters a pipeline does not use (the ratio of "none") do not change it, and
+        trials are compared by their pipelines."""
+        def suggest(name, choices):  # a list: categorical; a range: float, on its step if it has one
+            if isinstance(choices, list):
+                return trial.suggest_categorical(name, choices)
+            return trial.suggest_float(name, choices.low, choices.high, step=choices.step)
 
-        def ratio(name, r):
-            if isinstance(r, list):
-                return trial.suggest_categorical(name, r)
-            return trial.suggest_float(name, r.low, r.high, step=r.step)
-
-        params = {"method": trial.suggest_categorical("method", d.method), "ratio": ratio("ratio", d.ratio)}
-        for g, values in d.group_scale.items():
-            params[f"scale_{g}"] = trial.suggest_categorical(f"scale_{g}", values)
-        if d.channels:
-            params["channel_ratio"] = ratio("channel_ratio", d.channels.ratio)
-            params["channel_epochs"] = trial.suggest_categorical("channel_epochs", d.channels.finetune_epochs)
-        params["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", d.finetune_epochs)
-        if d.quant_epochs is not None:
-            params["quant_epochs"] = trial.suggest_categorical("quant_epochs", d.quant_epochs)
-        params["kd"] = trial.suggest_categorical("kd", d.kd)
-        params["bits"] = trial.suggest_categorical("bits", d.bits)
-        for g, b in d.group_bits.items():
-            if isinstance(b, list):
-                params[f"bits_{g}"] = trial.suggest_categorical(f"bits_{g}", b)
-        params["act_bits"] = trial.suggest_categorical("act_bits", d.act_bits)
-        for g, b in d.group_act_bits.items():
-            if isinstance(b, list):
-                params[f"act_{g}"] = trial.suggest_categorical(f"act_{g}", b)
-        if d.weight_scale is not None:
-            params["weight_scale"] = trial.suggest_categorical("weight_scale", d.weight_scale)
-        return self.pipeline(params)
+        return self.pipeline({k: suggest(k, v) for k, v in self.params().items()})
 
     def validation_warning(self) -> str | None:
         """Why validation accuracies are optimistic, when the base was trained on the validation images."""
