@@ -157,9 +157,13 @@ class ActQuant(nn.Module):
             return x
         if self.training or self.calibrating:
             with torch.no_grad():
-                m = x.detach().abs().amax().float()
+                lo_x, hi_x = torch.aminmax(x.detach())  # one pass: the range and the sign
+                m = torch.maximum(-lo_x, hi_x).float()
                 self.max.copy_(m if self.max == 0 else (1 - self.momentum) * self.max + self.momentum * m)
-                self.signed |= bool((x < 0).any())
+                self.signed |= bool(lo_x < 0)
+            if self.max > 0:  # QAT: the same values in 7 passes over x instead of 11 (`_RoundSTE`)
+                levels = 2.0 ** (self.bits - 1) - 1 if self.signed else 2.0 ** self.bits - 1
+                return _RoundSTE.apply(x, self.max / levels, -levels if self.signed else 0.0, levels)
         # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models) traces this
         levels = torch.where(self.signed, 2.0 ** (self.bits - 1) - 1, 2.0 ** self.bits - 1)
         lo = torch.where(self.signed, -levels, torch.zeros_like(levels))
@@ -167,6 +171,20 @@ class ActQuant(nn.Module):
         q = torch.clamp(torch.round(x / scale), lo, levels) * scale
         q = torch.where(self.max > 0, q, x)  # an uncalibrated quantizer passes x through
         return x + (q - x).detach()
+
+
+class _RoundSTE(torch.autograd.Function):
+    """x + (round-to-grid(x) - x) with the gradient of the identity, computed in place on one buffer: bit for
+    bit what `ActQuant`'s traceable expression gives (a + b == b + a in IEEE), at a third of its memory traffic."""
+
+    @staticmethod
+    def forward(ctx, x, scale, lo: float, hi: float):
+        q = torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)
+        return q.sub_(x).add_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None
 
 
 def _pre_hook(module, args):

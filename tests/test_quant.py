@@ -60,6 +60,25 @@ def test_fake_quant_has_at_most_2_to_the_k_values_per_channel_and_passes_gradien
     assert torch.equal(x.grad, torch.ones_like(x))
 
 
+@pytest.mark.parametrize("bits,signed", [(4, False), (3, True), (8, True)])
+def test_activation_fake_quant_in_training_equals_the_traceable_expression_bit_for_bit(bits, signed):
+    """QAT runs an in-place kernel; evaluation and torch.export run tensor ops: same values, same gradient."""
+    torch.manual_seed(bits)
+    act = ActQuant(bits).train()
+    for _ in range(3):  # the range is a moving average: train on a few batches first
+        x = torch.randn(4, 8, 16, 16) * 3
+        x = (x if signed else x.relu()).requires_grad_()
+        y = act(x)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        assert torch.equal(x.grad, grad)  # straight-through
+        act.eval()
+        assert torch.equal(y.detach(), act(x.detach()))  # the eval path, same range
+        act.train()
+    assert bool(act.signed) == signed
+    assert len(y.unique()) <= 2 ** bits
+
+
 def test_binary_weights_are_plus_minus_scale_and_pruned_zeros_survive_qat():
     torch.manual_seed(0)
     model = finalize_(prune_(build_model("resnet8", width_mult=0.5), {"method": "global_magnitude", "ratio": 0.5}))
