@@ -1,5 +1,5 @@
 """What makes a study trial's fine-tune and evaluation fastest on this machine: memory format, KD,
-fake quantization, evaluation batch size (and torch.compile with --compile), side by side.
+fake quantization (activations: in place or traceable), evaluation batch size (and torch.compile with --compile), side by side.
 
 Every variant runs the same ResNet-20 on the same synthetic batches, in interleaved rounds (these
 machines are noisy: only ratios measured in one run are reported). Images per second, median of
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from orchestrator.models import build_model
 from orchestrator.pruning import finalize_, prune_
+from orchestrator.qformat import attach_act_quant_
 from orchestrator.quant.fake import fake_quantize_weight_
 from orchestrator.pruning.core import prunable_layers
 
@@ -38,8 +39,16 @@ def variants(args, device):
         student, qat = pruned(), finalize_(pruned())
         for module in prunable_layers(qat).values():
             fake_quantize_weight_(module, "int", 4)
+        qat_act = {}  # W4A4: activation fake quantization in place (QAT's path) or as traceable tensor ops
+        for fused in (True, False):
+            qat_act[fused] = finalize_(pruned())
+            for k, module in enumerate(prunable_layers(qat_act[fused]).values()):
+                fake_quantize_weight_(module, "int", 4)
+                if k:  # the first conv reads the image
+                    attach_act_quant_(module, 4).fused = fused
         t = copy.deepcopy(teacher).to(memory_format=mf)
-        for name, model, kd in (("train", student, False), ("train+kd", student, True), ("qat+kd", qat, True)):
+        for name, model, kd in (("train", student, False), ("train+kd", student, True), ("qat+kd", qat, True),
+                                ("qat a4+kd", qat_act[True], True), ("qat a4+kd traceable", qat_act[False], True)):
             out[f"{name} {fmt}"] = ("train", model, t if kd else None, mf, args.batch_size)
         for bs in args.eval_batches:
             out[f"eval b{bs} {fmt}"] = ("eval", copy.deepcopy(base).eval().to(memory_format=mf), None, mf, bs)

@@ -145,6 +145,8 @@ def set_weight_spec_(module: nn.Module, fmt: str, bits: int, scale: torch.Tensor
 class ActQuant(nn.Module):
     """k-bit fake quantization of a layer's input; `max` is calibrated, `signed` detected."""
 
+    fused = True  # training and calibration use `_RoundSTE` (False: the traceable expression; benchmarks compare)
+
     def __init__(self, bits: int, momentum: float = 0.1):
         super().__init__()
         self.bits, self.momentum = bits, momentum
@@ -161,7 +163,7 @@ class ActQuant(nn.Module):
                 m = torch.maximum(-lo_x, hi_x).float()
                 self.max.copy_(m if self.max == 0 else (1 - self.momentum) * self.max + self.momentum * m)
                 self.signed |= bool(lo_x < 0)
-            if self.max > 0:  # QAT: the same values in 7 passes over x instead of 11 (`_RoundSTE`)
+            if self.fused and self.max > 0:  # QAT: the same values in 7 passes over x instead of 11 (`_RoundSTE`)
                 levels = 2.0 ** (self.bits - 1) - 1 if self.signed else 2.0 ** self.bits - 1
                 return _RoundSTE.apply(x, self.max / levels, -levels if self.signed else 0.0, levels)
         # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models) traces this
