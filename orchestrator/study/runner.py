@@ -84,35 +84,17 @@ def per_trial_seed(inner, seed: int):
     two workers starting together proposed the same configurations. Per-trial seeds keep one worker's
     study reproducible and give every worker's trial its own draw.
     """
-    optuna = _optuna()
+    before_trial = inner.before_trial
 
-    class PerTrialSeed(optuna.samplers.BaseSampler):
-        def __init__(self):
-            self.inner = inner
+    def reseeded_before_trial(study, trial):  # on the instance: Optuna still sees `inner`'s own class
+        for k, obj in enumerate((inner, getattr(inner, "_random_sampler", None))):
+            rng = getattr(obj, "_rng", None)
+            if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
+                rng.rng.seed((seed * 1_000_003 + trial.number * 2 + k) % 2**32)
+        before_trial(study, trial)
 
-        def before_trial(self, study, trial):
-            for k, obj in enumerate((self.inner, getattr(self.inner, "_random_sampler", None))):
-                rng = getattr(obj, "_rng", None)
-                if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
-                    rng.rng.seed((seed * 1_000_003 + trial.number * 2 + k) % 2**32)
-            self.inner.before_trial(study, trial)
-
-        def infer_relative_search_space(self, study, trial):
-            return self.inner.infer_relative_search_space(study, trial)
-
-        def sample_relative(self, study, trial, search_space):
-            return self.inner.sample_relative(study, trial, search_space)
-
-        def sample_independent(self, study, trial, param_name, param_distribution):
-            return self.inner.sample_independent(study, trial, param_name, param_distribution)
-
-        def after_trial(self, study, trial, state, values):
-            self.inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self):
-            self.inner.reseed_rng()
-
-    return PerTrialSeed()
+    inner.before_trial = reseeded_before_trial
+    return inner
 
 
 def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True):
