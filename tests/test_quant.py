@@ -209,3 +209,35 @@ def test_clipped_weights_survive_qat_checkpoint_and_export_exactly(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_activation_clipping_picks_the_hand_computed_range_and_beats_the_max_range():
+    from orchestrator.qformat import mse_range
+    # 4 bits unsigned (15 levels), 999 ones and one 30: range r costs 999 (1 - q(1))^2 + (30 - r)^2. The max range
+    # (step 2) rounds every 1 to 0 (999); r = 15 is exact on the ones (225); r = 17: 17.8 + 169 = 186.8;
+    # r = 18 (0.6 x max, step 1.2): 999 x 0.04 + 144 = 184.0, the least; r = 19: 71.1 + 121 = 192.1
+    x = torch.cat([torch.ones(999), torch.tensor([30.0])]).view(1, 1, 10, 100)
+    assert mse_range(x, torch.tensor(30.0), 4, signed=False).item() == pytest.approx(18.0)
+    clipped, plain = ActQuant(4, clip=True).train(), ActQuant(4).train()
+    err = {}
+    for name, act in (("clipped", clipped), ("max", plain)):
+        err[name] = ((act(x) - x) ** 2).sum().item()
+    assert clipped.max.item() == pytest.approx(18.0) and plain.max.item() == 30.0
+    assert err["clipped"] == pytest.approx(183.96, abs=0.01) and err["max"] == pytest.approx(999.0)
+    u = torch.rand(4, 8, 16, 16) * 2 - 1  # no outliers (signed, uniform): the range stays close to max |x|
+    assert mse_range(u, u.abs().max(), 4, signed=True) >= 0.9 * u.abs().max()
+
+
+def test_act_scale_mse_reaches_every_activation_quantizer_and_only_narrows_ranges():
+    ranges = {}
+    for scale in ("max", "mse"):
+        torch.manual_seed(0)
+        model = with_bn_stats(build_model("resnet8", width_mult=0.5))
+        quantize_(model, {"bits": 8, "act_bits": 4, "act_scale": scale, "calibration_images": 16}, toy_data())
+        quants = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant)}
+        assert quants and all(q.clip == (scale == "mse") for q in quants.values())
+        ranges[scale] = {n: q.max.item() for n, q in quants.items()}
+    assert all(0 < ranges["mse"][n] <= ranges["max"][n] * (1 + 1e-6) for n in ranges["max"])
+    assert any(ranges["mse"][n] < 0.9 * ranges["max"][n] for n in ranges["max"])
+    with pytest.raises(bad_config(), match="act_scale"):
+        QuantConfig(act_bits=4, act_scale="entropy")

@@ -41,6 +41,8 @@ class QuantConfig(BaseModel):
     group_act_bits: dict[str, IntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
     weight_scale: Literal["max", "mse"] = "max"  # int codes' per-channel range: max |w|, or the clipped range
     # of least squared error (searched per channel; much better at 2-3 bits, also during QAT)
+    act_scale: Literal["max", "mse"] = "max"  # activation ranges: the running max |x|, or the running range of
+    # least squared error on each batch (`qformat.mse_range`; at 4 bits the max range wastes levels on outliers)
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
 
@@ -117,7 +119,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         act = {n: b for g, b in config.group_act_bits.items() for n in layer_groups(model)[g]}
         for name, module in layers.items():
             if name != first:  # the first conv reads the 8-bit image itself
-                attach_act_quant_(module, act.get(name, config.act_bits))
+                attach_act_quant_(module, act.get(name, config.act_bits), clip=config.act_scale == "mse")
         # the widest quantizer attached (the stem's first conv has none); mixed: footprint reads each layer's own
         model.act_bits = max(m.act_quant.bits for m in layers.values() if hasattr(m, "act_quant"))
     if config.method == "qat":

@@ -104,6 +104,7 @@ class QuantOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     weight_scale: Literal["max", "mse"] = "max"  # int weights' per-channel range: max |w| or least-squares clipping
+    act_scale: Literal["max", "mse"] = "max"  # activation ranges: running max |x| or least-squares clipping
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
 
 
