@@ -39,16 +39,18 @@ def variants(args, device):
         student, qat = pruned(), finalize_(pruned())
         for module in prunable_layers(qat).values():
             fake_quantize_weight_(module, "int", 4)
-        qat_act = {}  # W4A4: activation fake quantization in place (QAT's path) or as traceable tensor ops
-        for fused in (True, False):
-            qat_act[fused] = finalize_(pruned())
-            for k, module in enumerate(prunable_layers(qat_act[fused]).values()):
+        qat_act = {}  # W4A4: activation fake quantization in place (QAT's path) or as traceable tensor ops,
+        for fused, clip in ((True, False), (False, False), (True, True)):  # with max or least-squares ranges
+            qat_act[fused, clip] = finalize_(pruned())
+            for k, module in enumerate(prunable_layers(qat_act[fused, clip]).values()):
                 fake_quantize_weight_(module, "int", 4)
                 if k:  # the first conv reads the image
-                    attach_act_quant_(module, 4).fused = fused
+                    attach_act_quant_(module, 4, clip=clip).fused = fused
         t = copy.deepcopy(teacher).to(memory_format=mf)
         for name, model, kd in (("train", student, False), ("train+kd", student, True), ("qat+kd", qat, True),
-                                ("qat a4+kd", qat_act[True], True), ("qat a4+kd traceable", qat_act[False], True)):
+                                ("qat a4+kd", qat_act[True, False], True),
+                                ("qat a4+kd traceable", qat_act[False, False], True),
+                                ("qat a4+kd mse", qat_act[True, True], True)):
             out[f"{name} {fmt}"] = ("train", model, t if kd else None, mf, args.batch_size)
         for bs in args.eval_batches:
             out[f"eval b{bs} {fmt}"] = ("eval", copy.deepcopy(base).eval().to(memory_format=mf), None, mf, bs)

@@ -143,16 +143,16 @@ def set_weight_spec_(module: nn.Module, fmt: str, bits: int, scale: torch.Tensor
 
 
 ACT_CLIP_FRACTIONS = torch.linspace(0.1, 1.0, 28)  # candidate activation ranges, fractions of the batch's max
-ACT_CLIP_SAMPLE = 16384  # values of each batch the least-squares range is chosen on (a strided sample)
+ACT_CLIP_SAMPLE = 16384  # about this many values of each batch (11k-33k: a stride, odd) choose the range
 
 
 def mse_range(x: torch.Tensor, top: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """The range (a fraction of `top`, the batch's max |x|) whose k-bit grid gives the least squared error on a
     strided sample of `x`: ReLU maps have long tails, and at 4 bits the max range spends most levels on a few
     outliers (Banner et al. 2019, ACIQ)."""
-    flat = x.detach().reshape(-1).float()
+    flat = x.detach().reshape(-1)
     stride = max(1, flat.numel() // ACT_CLIP_SAMPLE) | 1  # odd: the sample is not aligned with rows or channels
-    sample = flat[::stride][:, None]
+    sample = flat[::stride].float()[:, None]
     levels = 2.0 ** (bits - 1) - 1 if signed else 2.0 ** bits - 1
     ranges = ACT_CLIP_FRACTIONS.to(x.device) * top
     scale = ranges / levels

@@ -50,6 +50,13 @@ def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in
     assert len(open_study(load_space(path), storage, create=False).trials) == 4
     r = run("study", "status", path, "--storage", storage)
     assert r.exit_code == 0 and "COMPLETE" in r.output
+    # the same name with changed choices: named before any trial runs, nothing added to the study
+    changed = space_file(in_tmp, base, dimensions={**load_space(path).dimensions.model_dump(exclude_none=True),
+                                                   "ratio": [0.3, 0.7]}, budget={"trials": 6})
+    r = run("study", "run", changed, "--storage", storage, "--mlflow", uri, "--data-dir", cifar10_dir, "--quiet",
+            "--out", in_tmp / "studies")
+    one_line_error(r, r"study 'tiny' in .* ran ratio over \[0.3, 0.6\], this space has \[0.3, 0.7\]")
+    assert len(open_study(load_space(path), storage, create=False).trials) == 4
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(base, cifar10_dir, in_tmp):

@@ -7,7 +7,8 @@ are held by a fixed mask, so QAT never revives pruned weights.
 
 Activations: an `ActQuant` child on each conv/linear quantizes the layer's input (the feature map
 that inference stores) to k bits over [0, max] (or [-max, max] when it has negatives), with max
-an exponential moving average of the observed |x| while training or calibrating, frozen otherwise.
+an exponential moving average of each batch's max |x| (with `act_scale: mse`, of its least-squares range)
+while training or calibrating, frozen otherwise.
 """
 
 from __future__ import annotations

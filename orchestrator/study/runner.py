@@ -107,11 +107,28 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
             raise OrchestratorError(f"no study named {space.name!r} in {storage}") from None
     study = optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
                                 directions=space.directions(), load_if_exists=True)
+    _check_same_space(study, space, storage)
     if space.sampler.start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
         study.set_user_attr("start_enqueued", True)
         for point in space.sampler.start:
             study.enqueue_trial(point, skip_if_exists=True)
     return study
+
+
+def _check_same_space(study, space: SearchSpace, storage: str) -> None:
+    """A study continues only under the parameters it ran with: Optuna rejects a parameter whose choices or
+    range changed in the middle of a trial, so the change is named here, before any trial runs."""
+    dists = _optuna().distributions
+    expected = {k: dists.CategoricalDistribution(v) if isinstance(v, list) else
+                dists.FloatDistribution(v.low, v.high, step=v.step) for k, v in space.params().items()}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if name in expected and dist != expected[name]:
+                def shown(d):
+                    return list(d.choices) if hasattr(d, "choices") else f"{d.low}..{d.high} step {d.step}"
+                raise OrchestratorError(
+                    f"study {space.name!r} in {storage} ran {name} over {shown(dist)}, this space has "
+                    f"{shown(expected[name])}: give the changed space a new name, or another --storage")
 
 
 def finished(study) -> int:
