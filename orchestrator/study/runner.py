@@ -124,11 +124,13 @@ def _check_same_space(study, space: SearchSpace, storage: str) -> None:
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
             if name in expected and dist != expected[name]:
-                def shown(d):
-                    return list(d.choices) if hasattr(d, "choices") else f"{d.low}..{d.high} step {d.step}"
                 raise OrchestratorError(
-                    f"study {space.name!r} in {storage} ran {name} over {shown(dist)}, this space has "
-                    f"{shown(expected[name])}: give the changed space a new name, or another --storage")
+                    f"study {space.name!r} in {storage} ran {name} over {_shown(dist)}, this space has "
+                    f"{_shown(expected[name])}: give the changed space a new name, or another --storage")
+
+
+def _shown(dist) -> str:
+    return str(list(dist.choices)) if hasattr(dist, "choices") else f"{dist.low}..{dist.high} step {dist.step}"
 
 
 def finished(study) -> int:
