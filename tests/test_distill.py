@@ -55,3 +55,52 @@ def test_kd_hook_freezes_the_teacher_and_fine_tunes_with_it():
     data.teacher = teacher
     small = prune_(build_model("resnet8", width_mult=0.5), config, data)
     assert small.widths["blocks"] == [[4], [8], [16]] and data.log[-1]["step"] == "finetune"
+
+
+def test_cached_teacher_logits_give_the_same_fine_tune_bit_for_bit():
+    # a seeded loader feeds every fine-tune the same augmented batches: the second fine-tune (a later step
+    # or trial) asks the teacher nothing new, and its student ends exactly where an uncached one does
+    import copy
+
+    from conftest import TOY_NORM, toy_split
+    from orchestrator.distill import TeacherCache
+    from orchestrator.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    teacher, start = build_model("resnet8", width_mult=0.5), build_model("resnet8", width_mult=0.25)
+    config = TrainConfig(epochs=1.67, batch_size=16, lr=0.05)  # 48 images: 3 steps per epoch, 5 in all
+    cache = TeacherCache()
+
+    def tuned(use_cache):
+        student = copy.deepcopy(start)
+        train(student, toy_split(48), config, TOY_NORM, progress=False,
+              loss_fn=kd_loss_fn(teacher, KDConfig(), cache=cache if use_cache else None))
+        return student.state_dict()
+
+    plain = tuned(False)
+    assert cache.hits == cache.misses == 0
+    first = tuned(True)
+    assert (cache.hits, cache.misses) == (0, 5)
+    second = tuned(True)
+    assert (cache.hits, cache.misses) == (5, 5)
+    for k in plain:
+        assert torch.equal(plain[k], first[k]) and torch.equal(plain[k], second[k]), k
+    # another teacher, or another batch, is a miss; the oldest entries go first when full
+    x = torch.randn(4, 3, 32, 32)
+    other = build_model("resnet8", width_mult=0.5)
+    fn = kd_loss_fn(other, KDConfig(), cache=cache)
+    fn(torch.zeros(4, 10), torch.zeros(4, dtype=torch.long), x)
+    fn(torch.zeros(4, 10), torch.zeros(4, dtype=torch.long), x + 1e-3)
+    assert (cache.hits, cache.misses) == (5, 7)
+    from orchestrator.distill import ENTRY_OVERHEAD
+
+    small = TeacherCache(max_bytes=2 * (4 * 10 * 4 + ENTRY_OVERHEAD))  # two batches of 4 x 10 float32 logits
+    for i in range(3):
+        small.logits(other, b"t", x + i)
+    assert len(small.entries) == 2 and small.bytes == 2 * (160 + ENTRY_OVERHEAD)
+    small.logits(other, b"t", x)  # the oldest went first: a miss
+    assert small.misses == 4 and small.hits == 0
+    assert torch.equal(small.logits(other, b"t", x + 2), other(x + 2)) and small.hits == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # other precision, other logits: a miss
+        small.logits(other, b"t", x + 2)
+    assert small.hits == 1

@@ -158,6 +158,53 @@ def test_start_points_must_lie_in_the_space(tmp_path, base):
             load_space(space_file(tmp_path, base, dimensions=dims, sampler={"start": [point]}))
 
 
+def test_a_start_point_value_outside_a_list_is_checked_by_its_dimension_rules(tmp_path, base):
+    dims = {"method": ["global_magnitude"], "ratio": [0.5], "finetune_epochs": [0], "bits": [32, 8],
+            "act_bits": [32], "group_bits": {"stage3": [8]}}
+    point = {**START, "ratio": 0.5, "bits_stage3": 8}
+    for over, pattern in (({"finetune_epochs": -1}, r"start\[0\].finetune_epochs=-1: .*greater than or equal"),
+                          ({"bits_stage3": 17}, r"start\[0\].bits_stage3=17: "),
+                          ({"method": "colour"}, r"start\[0\].method='colour': .*unknown method")):
+        with pytest.raises(ValidationError, match=pattern):
+            load_space(space_file(tmp_path, base, dimensions=dims, sampler={"start": [{**point, **over}]}))
+    with pytest.raises(ValidationError, match=r"start\[0\].finetune_epochs=2 is not in \[0\]: a grid runs"):
+        load_space(space_file(tmp_path, base, dimensions=dims, sampler={"name": "grid", "start": [
+            {**point, "finetune_epochs": 2}]}))
+    for over in ({"finetune_epochs": True}, {"kd": 1}, {"finetune_epochs": "2"}):
+        with pytest.raises(ValidationError, match=rf"start\[0\].{next(iter(over))}=.* is not of the type"):
+            load_space(space_file(tmp_path, base, dimensions=dims, sampler={"start": [{**point, **over}]}))
+    space = load_space(space_file(tmp_path, base, dimensions=dims, sampler={"start": [
+        {**point, "finetune_epochs": 2, "bits_stage3": 4, "kd": True}]}))
+    assert space.start_values() == {"finetune_epochs": [2], "kd": [True], "bits_stage3": [4]}
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "random"])
+def test_a_start_point_runs_a_value_the_sampler_never_proposes(base, cifar10_dir, in_tmp, sampler):
+    # a longer fine-tune at one start point only: every trial's choices hold it (Optuna needs one set per
+    # parameter), but neither NSGA-II's crossover (population 2: trials 2-5 are children, bred from the
+    # start point too) nor random draws propose it; the study resumes under the same space
+    dims = {"method": ["global_magnitude"], "ratio": [0.3, 0.5, 0.7], "finetune_epochs": [0, 0.02],
+            "bits": [32, 8], "act_bits": [32]}
+    point = {**START, "ratio": 0.5, "finetune_epochs": 0.05, "bits": 8}
+    storage, uri = f"sqlite:///{in_tmp}/o.db", f"sqlite:///{in_tmp}/m.db"
+
+    def study(trials):
+        path = space_file(in_tmp, base, dimensions=dims, budget={"trials": trials},
+                          sampler={"name": sampler, "population": 2, "seed": 0, "start": [point]})
+        return run_study(load_space(path), storage=storage, data_dir=cifar10_dir, out_dir=in_tmp / "s",
+                         tracking_uri=uri)
+
+    study(4)
+    st = study(6)  # resumed: the start point's value is not a changed space
+    assert finished(st) == 6 and all(t.state.name == "COMPLETE" for t in st.trials)
+    first, rest = st.trials[0], st.trials[1:]
+    assert first.params == point and first.distributions["finetune_epochs"].choices == (0, 0.02, 0.05)
+    assert first.user_attrs["pipeline"]["steps"][0]["prune"]["finetune"]["epochs"] == 0.05
+    assert all(t.distributions["finetune_epochs"].choices == (0, 0.02, 0.05) for t in rest)
+    assert all(t.params["finetune_epochs"] in (0, 0.02) for t in rest)
+    assert {t.params["finetune_epochs"] for t in rest} == {0, 0.02}  # redrawn among the others, not fixed
+
+
 def test_repeats_cost_no_budget_and_infeasible_trials_stay_off_the_front(base, cifar10_dir, in_tmp):
     # one unstructured method at two ratios and the dense base: at most 3 distinct pipelines for a budget of 3;
     # the random sampler proposes repeats, which are answered from the first run's record

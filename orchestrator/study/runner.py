@@ -74,7 +74,27 @@ def _sampler(space: SearchSpace):
         inner = optuna.samplers.RandomSampler(seed=s.seed)
     else:
         inner = optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
-    return per_trial_seed(inner, s.seed)
+    return start_only(per_trial_seed(inner, s.seed), space.start_values(), s.seed)
+
+
+def start_only(inner, values: dict[str, list], seed: int):
+    """`inner`, never proposing `values` (per parameter: what only start points run, e.g. a long fine-tune
+    at one corner). A value the sampler draws or breeds from such a parent is redrawn among the others."""
+    if not values:
+        return inner
+
+    def redrawn(trial, params: dict, space: dict) -> dict:
+        for name, v in params.items():
+            if v in values.get(name, []) and name in space:
+                rng = random.Random(f"{seed}/{trial.number}/{name}")
+                params[name] = rng.choice([c for c in space[name].choices if c not in values[name]])
+        return params
+
+    sample_relative, sample_independent = inner.sample_relative, inner.sample_independent
+    inner.sample_relative = lambda study, trial, space: redrawn(trial, sample_relative(study, trial, space), space)
+    inner.sample_independent = lambda study, trial, name, dist: redrawn(
+        trial, {name: sample_independent(study, trial, name, dist)}, {name: dist})[name]
+    return inner
 
 
 def per_trial_seed(inner, seed: int):
@@ -119,7 +139,8 @@ def _check_same_space(study, space: SearchSpace, storage: str) -> None:
     """A study continues only under the parameters it ran with: Optuna rejects a parameter whose choices or
     range changed in the middle of a trial, so the change is named here, before any trial runs."""
     dists = _optuna().distributions
-    expected = {k: dists.CategoricalDistribution(v) if isinstance(v, list) else
+    extra = space.start_values()  # suggested with the list (see `SearchSpace.suggest`)
+    expected = {k: dists.CategoricalDistribution([*v, *extra.get(k, [])]) if isinstance(v, list) else
                 dists.FloatDistribution(v.low, v.high, step=v.step) for k, v in space.params().items()}
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
@@ -172,7 +193,8 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
     tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
-    searched = [k for k, v in space.params().items() if not isinstance(v, list) or len(v) > 1]
+    searched = [k for k, v in space.params().items()
+                if not isinstance(v, list) or len(v) > 1 or k in space.start_values()]
     study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
                                                    searched))
     try:

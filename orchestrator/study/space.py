@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import OrchestratorError
 from ..models import layer_groups
@@ -122,7 +122,9 @@ class Sampler(BaseModel):
     seed: int = Field(0, ge=0)
     population: int = Field(8, ge=2)  # NSGA-II generation size
     start: list[dict[str, float | int | bool | str]] = []  # points (every parameter given) a new study runs
-    # first: known-good configurations, so the first generation is not all random
+    # first: known-good configurations, so the first generation is not all random. A listed parameter may
+    # take a value outside its choices there (a long fine-tune at one corner): that trial runs it, the
+    # sampler never proposes it
 
 
 class Budget(BaseModel):
@@ -190,13 +192,46 @@ class SearchSpace(BaseModel):
                     raise ValueError(f"sampler.start[{i}].{k} is not a parameter of this space; allowed: "
                                      f"{', '.join(params)}")
                 choices = params[k]
-                ok = (choices.low <= v <= choices.high) if isinstance(choices, Range) else v in choices
-                if not ok:
-                    raise ValueError(f"sampler.start[{i}].{k}={v!r} is outside the space: {choices}")
+                if isinstance(choices, Range):
+                    if not choices.low <= v <= choices.high:
+                        raise ValueError(f"sampler.start[{i}].{k}={v!r} is outside the space: {choices}")
+                elif not _listed(v, choices):  # a value the sampler never proposes: run once, for this point
+                    if self.sampler.name == "grid":
+                        raise ValueError(f"sampler.start[{i}].{k}={v!r} is not in {choices}: a grid runs its "
+                                         "values only")
+                    if any(_kind(v) != _kind(c) for c in choices):
+                        raise ValueError(f"sampler.start[{i}].{k}={v!r} is not of the type of {choices}")
+                    self._check_value(k, v, f"sampler.start[{i}].{k}")
             missing = [k for k in params if k not in point]
             if missing:
                 raise ValueError(f"sampler.start[{i}] lacks {', '.join(missing)}")
         return self
+
+    def _check_value(self, name: str, value, where: str) -> None:
+        """`value` checked by the rules of parameter `name`'s dimension, as if it were its only choice."""
+        d = self.dimensions.model_dump()
+        for prefix, key in (("scale_", "group_scale"), ("bits_", "group_bits"), ("act_", "group_act_bits")):
+            if name.startswith(prefix) and name[len(prefix):] in d[key]:
+                d[key][name[len(prefix):]] = [value]
+                break
+        else:
+            field = {"channel_ratio": ("channels", "ratio"), "channel_epochs": ("channels", "finetune_epochs")}
+            outer, inner = field.get(name, (None, name))
+            (d[outer] if outer else d)[inner] = [value]
+        try:
+            Dimensions.model_validate(d)
+        except ValidationError as exc:
+            raise ValueError(f"{where}={value!r}: {exc.errors()[0]['msg']}") from None
+
+    def start_values(self) -> dict[str, list]:
+        """Per listed parameter, the values only start points give it (outside its searched choices)."""
+        out: dict[str, list] = {}
+        for name, choices in self.params().items():
+            if isinstance(choices, list):
+                extra = [p[name] for p in self.sampler.start if not _listed(p[name], choices)]
+                if extra:
+                    out[name] = list(dict.fromkeys(extra))
+        return out
 
     def grid(self) -> dict[str, list]:
         grid = self.params()
@@ -210,10 +245,14 @@ class SearchSpace(BaseModel):
     def suggest(self, trial) -> PipelineConfig:
         """The trial's pipeline. Every parameter of `params()` is always suggested, in its order (a fixed space
         suits NSGA-II and grids); parameters a pipeline does not use (the ratio of "none") do not change it, and
-        trials are compared by their pipelines."""
+        trials are compared by their pipelines. A list is suggested with the values only start points give
+        it appended (`start_values`): Optuna needs one set of choices per parameter in a study; the sampler
+        never proposes those values (`runner.start_only`)."""
+        extra = self.start_values()
+
         def suggest(name, choices):  # a list: categorical; a range: float, on its step if it has one
             if isinstance(choices, list):
-                return trial.suggest_categorical(name, choices)
+                return trial.suggest_categorical(name, [*choices, *extra.get(name, [])])
             return trial.suggest_float(name, choices.low, choices.high, step=choices.step)
 
         return self.pipeline({k: suggest(k, v) for k, v in self.params().items()})
@@ -274,6 +313,15 @@ class SearchSpace(BaseModel):
         if not steps:
             steps.append({"finetune": {**ft(0), "epochs": 0}})  # the base model itself
         return PipelineConfig(base=self.base, val_size=self.val_size, steps=steps)
+
+
+def _listed(value, choices: list) -> bool:
+    """`value` is one of `choices`, type included (True is not 1, 1 is 1.0)."""
+    return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+
+
+def _kind(value) -> str:
+    return "bool" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else "str"
 
 
 def load_space(path) -> SearchSpace:
