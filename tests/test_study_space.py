@@ -239,3 +239,19 @@ def test_repeats_cost_no_budget_and_infeasible_trials_stay_off_the_front(base, c
     assert abs(sparsity(model)["total"] - pruned[0]["ratio"]) < 0.01
 
 
+
+
+def test_tpe_never_proposes_a_start_only_value(tmp_path, base):
+    # TPE models each finished trial's value in the choices: the start point's appended value must neither
+    # break it nor be proposed (12 trials: past its 10 random start-up trials)
+    from orchestrator.study.runner import _sampler
+
+    dims = {"method": ["global_magnitude"], "ratio": [0.3, 0.5], "finetune_epochs": [0, 0.02], "bits": [32, 8],
+            "act_bits": [32]}
+    point = {**START, "ratio": 0.5, "finetune_epochs": 0.05, "bits": 8}
+    space = load_space(space_file(tmp_path, base, dimensions=dims, sampler={"name": "tpe", "start": [point]}))
+    study = optuna.create_study(directions=space.directions(), sampler=_sampler(space))
+    study.enqueue_trial(point)
+    study.optimize(lambda t: [len(str(space.suggest(t))) % 7, t.params["ratio"]], n_trials=12)
+    assert all(t.state.name == "COMPLETE" for t in study.trials) and study.trials[0].params == point
+    assert all(t.params["finetune_epochs"] in (0, 0.02) for t in study.trials[1:])
