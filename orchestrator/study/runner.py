@@ -139,9 +139,8 @@ def _check_same_space(study, space: SearchSpace, storage: str) -> None:
     """A study continues only under the parameters it ran with: Optuna rejects a parameter whose choices or
     range changed in the middle of a trial, so the change is named here, before any trial runs."""
     dists = _optuna().distributions
-    extra = space.start_values()  # suggested with the list (see `SearchSpace.suggest`)
-    expected = {k: dists.CategoricalDistribution([*v, *extra.get(k, [])]) if isinstance(v, list) else
-                dists.FloatDistribution(v.low, v.high, step=v.step) for k, v in space.params().items()}
+    expected = {k: dists.CategoricalDistribution(v) if isinstance(v, list) else
+                dists.FloatDistribution(v.low, v.high, step=v.step) for k, v in space.suggested().items()}
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
             if name in expected and dist != expected[name]:
@@ -193,8 +192,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
     tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
-    searched = [k for k, v in space.params().items()
-                if not isinstance(v, list) or len(v) > 1 or k in space.start_values()]
+    searched = [k for k, v in space.suggested().items() if not isinstance(v, list) or len(v) > 1]
     study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
                                                    searched))
     try:

@@ -233,6 +233,12 @@ class SearchSpace(BaseModel):
                     out[name] = list(dict.fromkeys(extra))
         return out
 
+    def suggested(self) -> dict[str, list | Range]:
+        """`params()` as Optuna sees them: each list with the values only start points give it appended
+        (Optuna keeps one set of choices per parameter in a study; `runner.start_only` keeps them unproposed)."""
+        extra = self.start_values()
+        return {k: [*v, *extra.get(k, [])] if isinstance(v, list) else v for k, v in self.params().items()}
+
     def grid(self) -> dict[str, list]:
         grid = self.params()
         for k, v in grid.items():
@@ -245,17 +251,13 @@ class SearchSpace(BaseModel):
     def suggest(self, trial) -> PipelineConfig:
         """The trial's pipeline. Every parameter of `params()` is always suggested, in its order (a fixed space
         suits NSGA-II and grids); parameters a pipeline does not use (the ratio of "none") do not change it, and
-        trials are compared by their pipelines. A list is suggested with the values only start points give
-        it appended (`start_values`): Optuna needs one set of choices per parameter in a study; the sampler
-        never proposes those values (`runner.start_only`)."""
-        extra = self.start_values()
-
+        trials are compared by their pipelines. Lists come with their start-only values (`suggested`)."""
         def suggest(name, choices):  # a list: categorical; a range: float, on its step if it has one
             if isinstance(choices, list):
-                return trial.suggest_categorical(name, [*choices, *extra.get(name, [])])
+                return trial.suggest_categorical(name, choices)
             return trial.suggest_float(name, choices.low, choices.high, step=choices.step)
 
-        return self.pipeline({k: suggest(k, v) for k, v in self.params().items()})
+        return self.pipeline({k: suggest(k, v) for k, v in self.suggested().items()})
 
     def validation_warning(self) -> str | None:
         """Why validation accuracies are optimistic, when the base was trained on the validation images."""
