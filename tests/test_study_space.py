@@ -128,6 +128,17 @@ def test_a_composed_trial_is_channels_then_sparsity_then_quantization(tmp_path, 
     assert a == b and [s.kind for s in a.steps] == ["quantize"] and a.steps[0].quantize.method == "ptq"
 
 
+def test_a_grid_ratio_is_the_start_points_value_so_they_share_cache_and_repeats(tmp_path, base):
+    space = load_space(space_file(tmp_path, base, dimensions={
+        "method": ["global_magnitude"], "ratio": {"low": 0.7, "high": 0.85, "step": 0.05}, "bits": [4]}))
+    noisy = 0.7 + 2 * 0.05  # what Optuna's grid gives for the third value
+    assert noisy != 0.8
+    params = {k: v[0] for k, v in space.suggested().items() if isinstance(v, list)}
+    suggested = space.suggest(optuna.trial.FixedTrial({**params, "ratio": noisy}))
+    assert suggested == space.pipeline({**params, "ratio": 0.8})
+    assert suggested.steps[0].prune.ratio == 0.8
+
+
 def test_per_trial_seeds_differ_between_trials_and_repeat_for_the_same_number():
     def first_params(seed, numbers):
         sampler = per_trial_seed(optuna.samplers.RandomSampler(seed=seed), seed)

@@ -255,7 +255,10 @@ class SearchSpace(BaseModel):
         def suggest(name, choices):  # a list: categorical; a range: float, on its step if it has one
             if isinstance(choices, list):
                 return trial.suggest_categorical(name, choices)
-            return trial.suggest_float(name, choices.low, choices.high, step=choices.step)
+            value = trial.suggest_float(name, choices.low, choices.high, step=choices.step)
+            # Optuna's grid value low + k * step carries float noise (0.7 + 2 * 0.05 = 0.7999999999999999), which
+            # would give a start point's 0.8 another pipeline: another step-cache entry, and no repeat match
+            return value if choices.step is None else round(value, 6)
 
         return self.pipeline({k: suggest(k, v) for k, v in self.suggested().items()})
 
