@@ -39,11 +39,16 @@ def feasible(t) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
 
+def ran(t) -> bool:
+    """A complete trial that ran its pipeline (a repeat of a finished configuration, answered from that
+    trial's record, is COMPLETE too but ran nothing)."""
+    return t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs
+
+
 def rows(study) -> list[dict]:
     """One row per complete trial (repeats of a finished configuration left out), with `feasible` (the
     space's accuracy floor) and `pareto` marking the front among the feasible trials."""
-    trials = [t for t in study.get_trials(deepcopy=False)
-              if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if ran(t)]
     out = []
     for t in trials:
         a, p = t.user_attrs, t.params

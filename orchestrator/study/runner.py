@@ -20,7 +20,7 @@ from ..errors import OrchestratorError
 from ..paths import sqlite_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
-from .pareto import export_pareto, rows
+from .pareto import export_pareto, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
 from .space import SearchSpace
 from .tracking import PARENT_ATTR, Tracker
@@ -157,15 +157,14 @@ def finished(study) -> int:
     """Trials that count against the budget: complete ones, and ones that failed for a reason of their own
     (a trial lost with a killed worker is retried instead). A repeat of a finished configuration, answered
     from its record, costs nothing and does not count."""
-    return sum((t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs)
-               or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs and not t.user_attrs.get("environmental"))
-               for t in study.get_trials(deepcopy=False))
+    return sum(ran(t) or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs
+                          and not t.user_attrs.get("environmental")) for t in study.get_trials(deepcopy=False))
 
 
 def same_pipeline(study, pipeline: dict):
     """A complete, original trial of the study that ran exactly this pipeline, or None."""
-    return next((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
-                 and "duplicate_of" not in t.user_attrs and t.user_attrs.get("pipeline") == pipeline), None)
+    return next((t for t in study.get_trials(deepcopy=False)
+                 if ran(t) and t.user_attrs.get("pipeline") == pipeline), None)
 
 
 def constraint_of(space: SearchSpace, val_acc: float, base_val_acc: float) -> float | None:
