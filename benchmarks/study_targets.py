@@ -27,10 +27,12 @@ def main():
           f"{sum('duplicate_of' in t.user_attrs for t in trials)} repeats answered from records, "
           f"{sum(t.state.name == 'FAIL' for t in trials)} failed; base test {100 * base_test:.2f}%, "
           f"{base_bytes:,.0f} B")
-    print("| trial | configuration | val | test | vs base (test) | footprint | smaller by |\n|---:|---|---:|---:|---:|---:|---:|")
+    print("| trial | proposed by | configuration | val | test | vs base (test) | footprint | smaller by |\n"
+          "|---:|---|---|---:|---:|---:|---:|---:|")
     for r in front:
-        print(f"| {r['trial']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
-              f"{100 * (r['test_acc'] - base_test):+.2f} | {r['footprint_bytes']:,.0f} B | {r['compression']:.1f}x |")
+        print(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | "
+              f"{100 * r['test_acc']:.2f}% | {100 * (r['test_acc'] - base_test):+.2f} | {r['footprint_bytes']:,.0f} B | "
+              f"{r['compression']:.1f}x |")
     for points in (1.0, 3.0, 5.0):
         ok = [r for r in front if 100 * (base_test - r["test_acc"]) <= points]
         best = max(ok, key=lambda r: r["compression"], default=None)

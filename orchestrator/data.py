@@ -185,6 +185,20 @@ def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DataError(f"{folder} is incomplete: missing {', '.join(missing)}")
+    stamp = tuple((f, (folder / f).stat().st_mtime_ns, (folder / f).stat().st_size) for f in files)
+    key = (spec.name, split, str(folder.resolve()), stamp)
+    if key in _SPLITS:  # every trial of a study reads the same files: decoded once per process
+        return _SPLITS[key]
+    if len(_SPLITS) >= 4:  # the train and test splits of two data sets at most: a few hundred MB of uint8
+        _SPLITS.clear()
+    _SPLITS[key] = split_ = _read_split(folder, files, spec, split)
+    return split_
+
+
+_SPLITS: dict[tuple, Split] = {}
+
+
+def _read_split(folder: Path, files: list[str], spec: DatasetSpec, split: str) -> Split:
     parts = [_read_batch(folder / f, spec) for f in files]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

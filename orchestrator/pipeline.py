@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,6 +71,19 @@ def realized(model: nn.Module) -> dict:
             "widths": getattr(model, "widths", None)}
 
 
+class Timer(dict):
+    """Seconds per stage of a pipeline (load, evaluations, footprint, saves, export), summed over its uses:
+    what a trial spends outside training, in its record."""
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
+
+
 class StepCache:
     """Finished steps shared between pipelines (study trials): a step's result is stored under a hash of
     everything that determines it (base checkpoint file, data, validation size, the steps up to it), so
@@ -113,7 +127,9 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     if not base:
         raise OrchestratorError("no base checkpoint: give one in the pipeline ('base:') or on the command line")
     out = writable_file(out)
-    model, ckpt = load_model(base, device)
+    timer = Timer()
+    with timer("load"):
+        model, ckpt = load_model(base, device)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     dumped = config.model_dump(mode="json")  # the resolved config, as recorded everywhere below
@@ -123,28 +139,34 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
                                 f"to finish it, or delete {work} to start this one")
     write_json(stamp, started)
-    train_split = load_split(ckpt.dataset, "train", data_dir)
-    test = load_split(ckpt.dataset, "test", data_dir)
-    val = None
-    if config.val_size:
-        train_split, val = split_validation(train_split, config.val_size)
-    teacher = _teacher(config.teacher or base, ckpt, device) if config.uses_kd() else None
+    with timer("load"):
+        train_split = load_split(ckpt.dataset, "train", data_dir)
+        test = load_split(ckpt.dataset, "test", data_dir)
+        val = None
+        if config.val_size:
+            train_split, val = split_validation(train_split, config.val_size)
+        teacher = _teacher(config.teacher or base, ckpt, device) if config.uses_kd() else None
     eval_split = val if val is not None else test
     act_bits = config.act_bits
     cache = StepCache(cache_dir, base, data_dir, config.val_size, config.teacher, act_bits) if cache_dir else None
     records_path = work / "records.json"
     records = read_json(records_path, [])
     if not records:
-        hit = cache.get(cache.key([]), device) if cache else None
+        with timer("cache"):
+            hit = cache.get(cache.key([]), device) if cache else None
         if hit:
             records.append(hit[1])
         else:
-            eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
-            test_acc = eval_acc if eval_split is test else evaluate(model, test, ckpt.normalization, device)["acc"]
+            with timer("evaluate"):
+                eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
+                test_acc = eval_acc if eval_split is test else evaluate(model, test, ckpt.normalization, device)["acc"]
+            with timer("footprint"):
+                sizes = _sizes(model, act_bits)
             records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
-                            "eval_acc": eval_acc, "test_acc": test_acc, **_sizes(model, act_bits)})
+                            "eval_acc": eval_acc, "test_acc": test_acc, **sizes})
             if cache:
-                cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
+                with timer("cache"):
+                    cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
                 model.to(device)
         write_json(records_path, records)
     done = len(records) - 1
@@ -152,38 +174,44 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         model = load_model(work / f"step{done}.pt", device)[0]
     for i, step in enumerate(config.steps[done:], start=done + 1):
         key = cache.key(config.steps[:i]) if cache else None
-        hit = cache.get(key, device) if cache else None
+        with timer("cache"):
+            hit = cache.get(key, device) if cache else None
         if hit:
             model, record = hit
         else:
             model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
-                                      act_bits, device, progress)
+                                      act_bits, device, progress, timer)
             if cache:
-                cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
-        model.to(device)
-        save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
+                with timer("cache"):
+                    cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
+        with timer("save"):
+            save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
         model.to(device)
         records.append(record)
         write_json(records_path, records)
     export_path = out.with_suffix(".orcx")
-    info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
-    exported, _ = load_export(export_path)
-    final = {"test_acc": evaluate(exported.to(device), test, ckpt.normalization, device)["acc"],
-             "base_test_acc": records[0]["test_acc"],
-             **_sizes(exported.cpu(), act_bits), "file_bytes": info["file_bytes"],
-             "payload_bytes": info["payload_bytes"]}
+    with timer("export"):
+        info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
+        exported, _ = load_export(export_path)
+    with timer("evaluate"):
+        test_acc = evaluate(exported.to(device), test, ckpt.normalization, device)["acc"]
+    with timer("footprint"):
+        sizes = _sizes(exported.cpu(), act_bits)
+    final = {"test_acc": test_acc, "base_test_acc": records[0]["test_acc"], **sizes,
+             "file_bytes": info["file_bytes"], "payload_bytes": info["payload_bytes"]}
     final["realized"] = realized(exported)
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
     result = {"pipeline": dumped, "base": str(base), "steps": records, "final": final,
-              "export": str(export_path), "cache_hits": cache.hits if cache else 0}
+              "export": str(export_path), "cache_hits": cache.hits if cache else 0, "timings": timer}
     metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"], "eval_split": eval_split.name,
                "sparsity": sparsity(exported), "pipeline": result}
-    save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
-                                    {"pipeline": dumped, "base": str(base),
-                                     "teacher": str(config.teacher) if config.teacher else None}, metrics))
-    write_json(out.with_suffix(".json"), result)
-    shutil.rmtree(work)
+    with timer("save"):
+        save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
+                                        {"pipeline": dumped, "base": str(base),
+                                         "teacher": str(config.teacher) if config.teacher else None}, metrics))
+        write_json(out.with_suffix(".json"), result)
+        shutil.rmtree(work)
     return result
 
 
@@ -195,7 +223,8 @@ def _teacher(path, student, device):
     return model
 
 
-def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress):
+def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress,
+              timer: Timer):
     data = FinetuneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
                      progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
     t0 = time.perf_counter()
@@ -208,9 +237,14 @@ def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
         finalize_(model)
     else:
         model = quantize_(model, cfg, data)
-    record = {"step": step.kind, "config": cfg.model_dump(mode="json"), "seconds": time.perf_counter() - t0,
-              "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"],
-              **_sizes(model.cpu(), act_bits), "log": data.log}
+    seconds = time.perf_counter() - t0
+    timer["train"] = timer.get("train", 0.0) + seconds
+    with timer("evaluate"):
+        eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
+    with timer("footprint"):
+        sizes = _sizes(model.cpu(), act_bits)
+    record = {"step": step.kind, "config": cfg.model_dump(mode="json"), "seconds": seconds, "eval_acc": eval_acc,
+              **sizes, "log": data.log}
     shutil.rmtree(work / f"step{i}", ignore_errors=True)
     return model, record
 

@@ -63,7 +63,9 @@ def check(kind, value, name: str):
 
     Bools are numbers to Python, never to a config: they are refused.
     """
-    adapter = _ADAPTERS.setdefault(kind, TypeAdapter(kind))
+    adapter = _ADAPTERS.get(kind)
+    if adapter is None:  # built once per type: `setdefault(kind, TypeAdapter(kind))` built one on every call
+        adapter = _ADAPTERS[kind] = TypeAdapter(kind)
     try:
         if isinstance(value, bool):
             raise ValueError

@@ -56,12 +56,13 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
 def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
-    from ..study.runner import preflight, publish
+    from ..study.runner import preflight, publish, start_points
     from ..study.tracking import Tracker
     from ..study.workers import run_workers
 
     preflight(space, data_dir, out_dir, storage, tracking_uri)
-    open_study(space, storage)  # the study and the MLflow store and experiment are created once here,
+    start = start_points(space, storage, data_dir, out_dir, _device(device))  # measured once, not per worker
+    open_study(space, storage, start=start)  # the study and the MLflow store and experiment are created once here,
     Tracker(tracking_uri, space.name)  # so the workers do not race through the schema migrations
     argv = ["study", "run", str(space_file), "--storage", storage, "--out", str(out_dir), "--device", device,
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),

@@ -53,6 +53,7 @@ def rows(study) -> list[dict]:
     for t in trials:
         a, p = t.user_attrs, t.params
         out.append({"trial": t.number, "feasible": feasible(t), "label": label(p), **p,
+                    "proposed_by": a.get("proposed_by", "sampler"),
                     "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"),
                     "footprint_bytes": a.get("total_bits", 0) / 8, "param_bytes": a.get("param_bits", 0) / 8,
                     "activation_peak_bytes": a.get("activation_peak_bits", 0) / 8, "macs": a.get("macs_sparse"),
@@ -94,7 +95,7 @@ def method_curves(data: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return {m: envelope(rs) for m, rs in sorted(per_method.items())}
 
 
-COLUMNS = ["trial", "pareto", "feasible", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
+COLUMNS = ["trial", "pareto", "feasible", "proposed_by", "label", "val_acc", "test_acc", "footprint_bytes", "param_bytes",
            "activation_peak_bytes", "macs", "compression", "mlflow_run_id"]
 
 
@@ -105,11 +106,11 @@ def write_tables(data: list[dict], out_dir: Path) -> tuple[Path, Path]:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(data)
-    lines = ["| trial | configuration | val acc | test acc | footprint (bytes) | parameters | activations | compression |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| trial | proposed by | configuration | val acc | test acc | footprint (bytes) | parameters | activations "
+             "| compression |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         if r["pareto"]:
-            lines.append(f"| {r['trial']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
+            lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
                          f"{r['footprint_bytes']:,.0f} | {r['param_bytes']:,.0f} | {r['activation_peak_bytes']:,.0f} | "
                          f"{r['compression']:.1f}x |")
     md_path.write_text("\n".join(lines) + "\n")

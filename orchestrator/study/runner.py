@@ -68,13 +68,23 @@ def _sampler(space: SearchSpace):
     s = space.sampler
     if s.name == "grid":
         inner = optuna.samplers.GridSampler(space.grid(), seed=s.seed)
-    elif s.name == "tpe":
-        inner = optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+    elif s.name == "tpe":  # its start-up (random) trials are the start points: the model is fit from then on
+        inner = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=_startup(space))
+    elif s.name == "gp":
+        inner = optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=_startup(space))
     elif s.name == "random":
         inner = optuna.samplers.RandomSampler(seed=s.seed)
     else:
         inner = optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
     return start_only(per_trial_seed(inner, s.seed), space.start_values(), s.seed)
+
+
+def _startup(space: SearchSpace) -> int:
+    """Trials before a model-based sampler fits its model: the start points (at least 2, Optuna's minimum)."""
+    from .autostart import default_points
+
+    auto = default_points(space) if space.sampler.start == "auto" else 0
+    return max(2, len(space.sampler.points) + auto)
 
 
 def start_only(inner, values: dict[str, list], seed: int):
@@ -117,7 +127,9 @@ def per_trial_seed(inner, seed: int):
     return inner
 
 
-def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True):
+def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True, start: list | None = None):
+    """The study (created when `create`); a new one gets its start points enqueued once: `start` (from
+    `start_points`), else the space's hand-written ones. Each records how it was proposed (`proposed_by`)."""
     optuna = _optuna()
     st = storage_for(storage)
     if not create:
@@ -128,11 +140,73 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
     study = optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
                                 directions=space.directions(), load_if_exists=True)
     _check_same_space(study, space, storage)
-    if space.sampler.start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
+    start = [{"params": p, "proposed_by": "start"} for p in space.sampler.points] if start is None else start
+    if start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
         study.set_user_attr("start_enqueued", True)
-        for point in space.sampler.start:
-            study.enqueue_trial(point, skip_if_exists=True)
+        for point in start:
+            study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
+                                skip_if_exists=True)
     return study
+
+
+def _started(space: SearchSpace, storage: str) -> bool:
+    try:
+        study = _optuna().load_study(study_name=space.name, storage=storage_for(storage))
+    except KeyError:
+        return False
+    return "start_enqueued" in study.user_attrs or len(study.get_trials(deepcopy=False)) > 0
+
+
+def start_points(space: SearchSpace, storage: str = DEFAULT_STORAGE, data_dir=None, out_dir="runs/studies",
+                 device="cpu") -> list[dict]:
+    """What a new study runs first, each {'params', 'proposed_by'[, predicted values]}: the hand-written
+    points ("start"), a named study's feasible front ("warm-start:NAME") and the automatic points ("auto",
+    `autostart`). Computed and checked before the study is created; nothing for a study already started."""
+    if _started(space, storage):
+        return []
+    out = [{"params": p, "proposed_by": "start"} for p in space.sampler.points]
+    if space.sampler.warm_start:
+        out += [{"params": p, "proposed_by": f"warm-start:{space.sampler.warm_start}"}
+                for p in warm_points(space, storage)]
+    if space.sampler.start == "auto":
+        from .autostart import auto_start
+
+        log = logging.getLogger("orchestrator.study")
+        plan = auto_start(space, data_dir, Path(out_dir) / space.name / "cache", device, log.info)
+        out += [{"params": p["params"], "proposed_by": "auto", "predicted_drop": p["predicted_drop"],
+                 "predicted_footprint_bits": p["footprint_bits"],
+                 **({"screen_acc": p["screen_acc"]} if "screen_acc" in p else {})} for p in plan["predicted"]]
+    return out
+
+
+def warm_points(space: SearchSpace, storage: str) -> list[dict]:
+    """The feasible front of the study `sampler.warm_start` (same storage), as points of this space; a study
+    that does not exist, or whose parameters this space cannot take, is one error naming what differs."""
+    name = space.sampler.warm_start
+    try:
+        source = _optuna().load_study(study_name=name, storage=storage_for(storage))
+    except KeyError:
+        raise OrchestratorError(f"sampler.warm_start: no study named {name!r} in {storage}") from None
+    params = space.suggested()
+    points = [{k: r[k] for k in r if k in params} for r in rows(source) if r["pareto"]]
+    if not points:
+        raise OrchestratorError(f"sampler.warm_start: study {name!r} has no feasible finished trial to start from")
+    for p in points:
+        missing = [k for k in params if k not in p]
+        if missing:
+            raise OrchestratorError(f"sampler.warm_start: study {name!r} has no parameter {missing[0]!r}; its "
+                                    "dimensions differ from this space's")
+        for k, v in p.items():
+            choices = params[k]
+            inside = (choices.low <= v <= choices.high) if not isinstance(choices, list) else v in choices
+            if not inside:
+                raise OrchestratorError(f"sampler.warm_start: study {name!r} ran {k}={v!r}, outside this space's "
+                                        f"{_shown_choices(choices)}")
+    return points
+
+
+def _shown_choices(choices) -> str:
+    return str(choices) if isinstance(choices, list) else f"{choices.low}..{choices.high}"
 
 
 def _check_same_space(study, space: SearchSpace, storage: str) -> None:
@@ -187,7 +261,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     The study's MLflow parent run is RUNNING while a worker runs trials, gets the Pareto files when the
     worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt)."""
     datasets = preflight(space, data_dir, out_dir, storage, tracking_uri)
-    study = open_study(space, storage)
+    study = open_study(space, storage, start=start_points(space, storage, data_dir, out_dir, device))
     tracker = Tracker(tracking_uri, space.name)
     parent = tracker.parent(study, space.model_dump())
     tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
@@ -250,8 +324,10 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
             log.info("trial %d repeats trial %d: answered from its record", trial.number, same.number)
             duplicates.append(trial.number)
             return list(same.values)
+        t0 = time.perf_counter()
         run_id = tracker.start_trial(parent, space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
+        mlflow_s = time.perf_counter() - t0
         ckpt = out / f"trial{trial.number:04d}.pt"
         try:
             result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress,
@@ -276,7 +352,10 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         if constraint is not None:
             trial.set_constraint("accuracy_drop", constraint)
         try:
+            t1 = time.perf_counter()
             tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
+            timings = {**result["timings"], "mlflow": mlflow_s + time.perf_counter() - t1}
+            trial.set_user_attr("timings", {**timings, "trial": time.perf_counter() - t0})
         except Exception as exc:  # the run must not stay RUNNING: FAILED with the reason, like a failed pipeline
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             tracker.fail_trial(run_id, f"logging to MLflow failed: {type(exc).__name__}: {exc}")
@@ -320,4 +399,4 @@ def status(study) -> dict:
     return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
 
 
-__all__ = ["DEFAULT_STORAGE", "open_study", "run_study", "status", "storage_for", "finished"]
+__all__ = ["DEFAULT_STORAGE", "open_study", "start_points", "run_study", "status", "storage_for", "finished"]

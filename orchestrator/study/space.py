@@ -19,6 +19,7 @@ from ..models import layer_groups
 from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..finetune import FinetuneConfig
+from .autostart import AutoStart
 from ..values import ActBits, Epochs, IntBits, Ratio, WeightBits, precision_format
 from ..yamlio import read_mapping
 
@@ -118,13 +119,21 @@ class Constraints(BaseModel):
 
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
+    name: Literal["nsga2", "tpe", "gp", "random", "grid"] = "nsga2"
     seed: int = Field(0, ge=0)
     population: int = Field(8, ge=2)  # NSGA-II generation size
-    start: list[dict[str, float | int | bool | str]] = []  # points (every parameter given) a new study runs
-    # first: known-good configurations, so the first generation is not all random. A listed parameter may
-    # take a value outside its choices there (a long fine-tune at one corner): that trial runs it, the
-    # sampler never proposes it
+    start: Literal["auto", "none"] | list[dict[str, float | int | bool | str]] = "auto"  # what a new study runs
+    # first. auto: K points of the front predicted from the base's per-group sensitivities (`sampler.auto`);
+    # a list: points with every parameter given (a listed parameter may take a value outside its choices
+    # there, e.g. a long fine-tune at one corner: that trial runs it, the sampler never proposes it); none
+    auto: AutoStart = AutoStart()  # how `start: auto` measures and spreads its points
+    warm_start: str | None = Field(None, min_length=1)  # a finished study (same storage, same parameters) whose
+    # feasible front this study runs first, on purpose
+
+    @property
+    def points(self) -> list[dict]:
+        """The hand-written start points (none for `auto` and `none`)."""
+        return self.start if isinstance(self.start, list) else []
 
 
 class Budget(BaseModel):
@@ -184,9 +193,17 @@ class SearchSpace(BaseModel):
         return out
 
     @model_validator(mode="after")
+    def _auto_points(self):
+        k = self.sampler.auto.points
+        if self.sampler.start == "auto" and k is not None and k > self.budget.trials:
+            raise ValueError(f"sampler.auto.points={k} is more than budget.trials={self.budget.trials}: every "
+                             "start point is a trial")
+        return self
+
+    @model_validator(mode="after")
     def _start_points(self):
         params = self.params()
-        for i, point in enumerate(self.sampler.start):
+        for i, point in enumerate(self.sampler.points):
             for k, v in point.items():
                 if k not in params:
                     raise ValueError(f"sampler.start[{i}].{k} is not a parameter of this space; allowed: "
@@ -228,7 +245,7 @@ class SearchSpace(BaseModel):
         out: dict[str, list] = {}
         for name, choices in self.params().items():
             if isinstance(choices, list):
-                extra = [p[name] for p in self.sampler.start if not _listed(p[name], choices)]
+                extra = [p[name] for p in self.sampler.points if not _listed(p[name], choices)]
                 if extra:
                     out[name] = list(dict.fromkeys(extra))
         return out

@@ -1,0 +1,527 @@
+"""Automatic start points (`sampler.start: auto`): per-group sensitivities of the base, then a budget solve.
+
+The first trials of a small study decide what it finds: NSGA-II's first generation is random, TPE's and
+GP's start-up trials too. Here they come from the base itself, in seconds to minutes instead of trials:
+
+1. *Sensitivity* (once per base, cached beside the step cache): for every layer group and every value
+   the space can give it, the validation-subset accuracy drop when only that group is pruned
+   (each listed method, over the ratio grid), only its weights are rounded (each weight precision) or
+   only its input maps are quantized (each activation precision); BN statistics re-estimated after
+   pruning and weight rounding, activation ranges calibrated. No training.
+2. *Budget solve*: every combination of the space's structural, weight-precision and activation-precision
+   values is costed exactly on the real zero-shot model (pruned by the trial's own prune steps, weights
+   rounded per layer as the trial's quantize step plans them, activation peak from the liveness trace at
+   the planned bits), and its drop predicted as the sum of its groups' drops (HAWQ's and Sony MCT's
+   additive model). The non-dominated set of (predicted drop, footprint) is the predicted front.
+3. *Spread*: K footprint budgets, log-spaced from the smallest front point predicted nearly lossless to
+   the smallest one within `max_drop`; each budget's point is the least predicted drop that fits it.
+
+Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take the value that
+recovers most (the largest budget listed, KD on) or the first listed. The footprint is exact for the
+configuration before any fine-tune; QAT moves it only by the weights it rounds to zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..data import load_split, split_validation
+from ..errors import OrchestratorError
+from ..footprint.activations import activation_report, trace
+from ..footprint.params import parameter_rows
+from ..models import layer_groups
+from ..paths import read_json, write_json
+from ..pruning import METHODS, finalize_, prune_
+from ..pruning.core import effective_weight, prunable_layers
+from ..qformat import attach_act_quant_, quantize_weight_
+from ..quant import QuantConfig, calibrate_, quantize_
+from ..finetune import FinetuneData
+from ..train import evaluate, recalibrate_bn
+
+MAX_COMBINATIONS = 5_000_000  # costed candidates the solve enumerates; a larger space is an error naming its size
+NEARLY_LOSSLESS = 0.005  # predicted drop (fraction) of the largest start point's budget
+
+
+class AutoStart(BaseModel):
+    """`sampler.auto`: how `start: auto` measures and spreads its points."""
+
+    model_config = ConfigDict(extra="forbid")
+    points: int | None = Field(None, ge=1)  # K start points; default min(5, budget.trials // 3), at least 1
+    images: int = Field(1000, ge=50)  # validation images every sensitivity is measured on
+    bn_images: int = Field(256, ge=0)  # training images for BN re-estimation and activation ranges
+    screen: int = Field(4, ge=0)  # per budget, candidates built zero-shot and measured; the best is proposed
+    # (0: the least predicted drop, no measurement)
+    max_drop: float = Field(0.5, gt=0, lt=1)  # predicted zero-shot drop (fraction) of the smallest start point:
+    # before any fine-tune, which recovers most of it (80% global magnitude: -48 points zero-shot, -1.8 after 1 epoch)
+
+
+# --- the space's values, split into what the sensitivity measures ------------------------------------
+
+STRUCTURE = ("method", "ratio", "channel_ratio")  # plus scale_<group>
+WEIGHTS = ("bits",)  # plus bits_<group>
+ACTS = ("act_bits",)  # plus act_<group>
+
+
+def _kind(name: str) -> str:
+    if name in STRUCTURE or name.startswith("scale_"):
+        return "structure"
+    if name in WEIGHTS or name.startswith("bits_"):
+        return "weights"
+    if name in ACTS or (name.startswith("act_") and name != "act_bits"):
+        return "acts"
+    return "fixed"
+
+
+def grid_values(choices) -> list:
+    """A dimension's values: a list as given, a range on its grid (8 points if it has no step)."""
+    if isinstance(choices, list):
+        return list(choices)
+    if choices.step is None:
+        return [round(float(v), 6) for v in np.linspace(choices.low, choices.high, 8)]
+    n = round((choices.high - choices.low) / choices.step)
+    return [round(choices.low + i * choices.step, 6) for i in range(n + 1)]
+
+
+def fixed_value(name: str, choices: list):
+    """What a start point gives a dimension the sensitivity cannot see (epochs, KD, weight ranges): its first
+    listed value, so a space orders each list with the value its start points should run first."""
+    return choices[0]
+
+
+def _combos(params: dict, kind: str) -> list[dict]:
+    names = [k for k in params if _kind(k) == kind]
+    return [dict(zip(names, vs)) for vs in itertools.product(*(grid_values(params[k]) for k in names))]
+
+
+# --- sensitivity -------------------------------------------------------------------------------------
+
+def _zero_shot_steps(pipeline) -> list:
+    """The pipeline's prune steps with no fine-tune (a method that cannot prune without training is an error)."""
+    prunes = []
+    for step in pipeline.steps:
+        if step.kind != "prune":
+            continue
+        cfg = step.config
+        if getattr(cfg, "finetune", None) is not None:
+            cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"epochs": 0})})
+        if cfg.needs_data():
+            raise OrchestratorError(f"sampler.start auto: method {cfg.method!r} needs training to prune (no "
+                                    "zero-shot form to measure); list start points by hand or drop the method")
+        prunes.append(cfg)
+    return prunes
+
+
+def _pruned(base: nn.Module, prunes: list) -> nn.Module:
+    model = copy.deepcopy(base)
+    for cfg in prunes:
+        model = finalize_(prune_(model, cfg, None))
+    return model
+
+
+class Probe:
+    """Accuracy of zero-shot variants of the base on a fixed validation subset (BN re-estimated)."""
+
+    def __init__(self, base: nn.Module, train, val, normalization: dict, images: int, bn_images: int, device):
+        self.base, self.normalization, self.device, self.bn_images = base, normalization, device, bn_images
+        self.train = train
+        n = min(images, len(val))
+        self.val = type(val)(name=val.name, images=val.images[:n], labels=val.labels[:n], classes=val.classes)
+        self.data = FinetuneData(train=train, normalization=normalization, device=str(device))
+
+    def accuracy(self, model: nn.Module, recalibrate: bool = True) -> float:
+        model.to(self.device)
+        if recalibrate and self.bn_images:
+            recalibrate_bn(model, self.train, self.normalization, self.bn_images, self.device)
+        return evaluate(model, self.val, self.normalization, self.device)["acc"]
+
+
+def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None = None) -> dict:
+    """{'baseline', 'prune': {method: {group: {ratio: drop}}}, 'weights': {group: {fmt:bits: drop}},
+    'acts': {group: {bits: drop}}}: drops are fractions; filled incrementally into `cache` (resumable)."""
+    params = space.params()
+    table = read_json(cache, None) if cache else None
+    table = table or {"baseline": probe.accuracy(copy.deepcopy(base), recalibrate=False),
+                      "prune": {}, "weights": {}, "acts": {}}
+
+    def save():
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, table)
+
+    groups = layer_groups(base)
+    base_acc = table["baseline"]
+    ratios = sensitivity_ratios(params)
+    methods = [m for m in params.get("method", ["none"]) if m != "none"]
+    if space.dimensions.channels is not None:
+        methods.append(space.dimensions.channels.method)
+    for method in dict.fromkeys(methods):
+        cls = METHODS[method][0]
+        grid = ratios if cls.structured else sorted({*ratios, 0.98})  # a global threshold may take a group further
+        for g in groups:
+            row = table["prune"].setdefault(method, {}).setdefault(g, {})
+            for r in grid:
+                if str(r) in row:
+                    continue
+                model = _pruned(base, [_config(cls, method, g, r)]) if r else None
+                same = model is None or (cls.structured and model.widths == base.widths)  # no channel of g removable
+                row[str(r)] = 0.0 if same else base_acc - probe.accuracy(model)
+                save()
+    quant = QuantConfig(**space.quantize.model_dump())
+    clip = quant.weight_scale == "mse"
+    for fmt_bits in sorted({_fmt(p) for p in _all_plans(space, base)}):
+        fmt, bits = fmt_bits.split(":")
+        for g, names in groups.items():
+            row = table["weights"].setdefault(g, {})
+            if fmt_bits in row:
+                continue
+            model = copy.deepcopy(base)
+            layers = prunable_layers(model)
+            for n in names:
+                if fmt != "fp32":
+                    quantize_weight_(layers[n], fmt, int(bits), clip=clip)
+            row[fmt_bits] = base_acc - probe.accuracy(model)
+            save()
+    act_values = sorted({b for a in _combos(params, "acts") for b in a.values() if b < 32})
+    first = next(iter(prunable_layers(base)))
+    for g, names in groups.items():
+        for bits in act_values:
+            row = table["acts"].setdefault(g, {})
+            if str(bits) in row or names == [first]:
+                row.setdefault(str(bits), 0.0)  # the first conv reads the 8-bit image: nothing to quantize
+                continue
+            model = copy.deepcopy(base)
+            layers = prunable_layers(model)
+            for n in names:
+                if n != first:
+                    attach_act_quant_(layers[n], bits, clip=space.quantize.act_scale == "mse")
+            calibrate_(model, probe.data, max(1, probe.bn_images))
+            row[str(bits)] = base_acc - probe.accuracy(model, recalibrate=False)
+            save()
+    save()
+    return table
+
+
+def sensitivity_ratios(params: dict, most: int = 6) -> list[float]:
+    """The pruning ratios measured per group: 0 and at most `most` of the space's (ratio and channel ratio,
+    times any group multiplier), evenly picked and ends kept; the drop between them is interpolated."""
+    values = sorted({r for k in ("ratio", "channel_ratio") if k in params for r in grid_values(params[k]) if r > 0})
+    scales = [s for k, v in params.items() if k.startswith("scale_") for s in v]
+    if scales:  # per-group ratios reach ratio x multiplier
+        values = sorted({min(0.98, r * s) for r in values for s in [1.0, *scales] if r * s > 0})
+    if len(values) > most:
+        values = [values[round(i * (len(values) - 1) / (most - 1))] for i in range(most)]
+    return [0.0, *[round(v, 6) for v in values]]
+
+
+def _config(cls, method: str, group: str, ratio: float):
+    """`method` pruning `group` alone at `ratio`, zero-shot."""
+    fields = cls.model_fields
+    kw = {"method": method}
+    if "group_ratios" in fields:
+        kw.update(ratio=0.0, group_ratios={group: ratio})
+    else:
+        raise OrchestratorError(f"sampler.start auto: method {method!r} has no per-group ratio, so its groups "
+                                "cannot be measured one by one; list start points by hand")
+    if "finetune" in fields:
+        kw["finetune"] = {"epochs": 0}
+    return cls.model_validate(kw)
+
+
+def _fmt(spec: tuple[str, int]) -> str:
+    return f"{spec[0]}:{spec[1]}"
+
+
+def _all_plans(space, base) -> list[tuple[str, int]]:
+    out = set()
+    for w in _combos(space.params(), "weights"):
+        q = _quant_config(space, w, {})
+        if q is not None:
+            out.update(q.plan(base).values())
+    return sorted(out)
+
+
+def _quant_config(space, weights: dict, acts: dict) -> QuantConfig | None:
+    """The trial's quantize step for these weight and activation values (None: no quantization)."""
+    params = {**{k: fixed_value(k, v) for k, v in space.params().items() if isinstance(v, list)}, **weights, **acts}
+    for k in ("method", "channel_ratio"):
+        params[k] = "none" if k == "method" else 0.0
+    params["finetune_epochs"] = params["quant_epochs"] = 0
+    steps = space.pipeline(params).steps
+    return steps[-1].config if steps[-1].kind == "quantize" else None
+
+
+# --- exact footprint of every combination ------------------------------------------------------------
+
+def _interp(row: dict, r: float) -> float:
+    xs = sorted((float(k), v) for k, v in row.items())
+    if not xs:
+        return 0.0
+    return float(np.interp(r, [x for x, _ in xs], [v for _, v in xs]))
+
+
+def _group_sparsity(model: nn.Module, groups: dict) -> dict[str, float]:
+    layers = prunable_layers(model)
+    out = {}
+    for g, names in groups.items():
+        ws = [effective_weight(layers[n]) for n in names]
+        out[g] = sum(int((w == 0).sum()) for w in ws) / max(1, sum(w.numel() for w in ws))
+    return out
+
+
+def _structure_drop(table: dict, prunes: list, base: nn.Module, model: nn.Module, groups: dict) -> float:
+    """Predicted drop of the prune steps: per group, the measured drop at the ratio it gets. Unstructured
+    steps count the zeros they left in each group (a global threshold allocates unevenly); structured
+    ones their per-group ratio."""
+    drop = 0.0
+    for cfg in prunes:
+        rows = table["prune"][cfg.method]
+        if type(cfg).structured:
+            for g in groups:
+                drop += _interp(rows[g], cfg.group_ratios.get(g, cfg.ratio))
+        else:
+            for g, s in _group_sparsity(model, groups).items():
+                drop += _interp(rows[g], s)
+    return drop
+
+
+def _layer_costs(model: nn.Module, specs: list[tuple[str, int]], clip: bool) -> tuple[int, dict]:
+    """Bits of every tensor but the conv/linear weights, and each weight's bits per (format, bits)."""
+    layers = prunable_layers(model)
+    weights = {f"{n}.weight" for n in layers}
+    const = sum(r["storage_bits"] for r in parameter_rows(model) if r["name"] not in weights)
+    per = {}
+    for spec in specs:
+        m = copy.deepcopy(model)
+        if spec[0] != "fp32":
+            for module in prunable_layers(m).values():
+                quantize_weight_(module, spec[0], spec[1], clip=clip)
+        per[spec] = {r["name"][:-len(".weight")]: r["storage_bits"] for r in parameter_rows(m) if r["name"] in weights}
+    return const, per
+
+
+def _act_peaks(model: nn.Module, act_plans: list[dict[str, int] | None]) -> list[int]:
+    """Activation peak bits (batch 1) of `model` under each per-layer activation plan (None: float maps)."""
+    m = copy.deepcopy(model)
+    layers = prunable_layers(m)
+    first = next(iter(layers))
+    for n, module in layers.items():
+        if n != first:
+            attach_act_quant_(module, 8)
+    gm = trace(m, 1)
+    out = []
+    for plan in act_plans:
+        if plan is None:
+            out.append(activation_report(model, 1, 32)["peak_bits"])
+            continue
+        for n, b in plan.items():
+            layers[n].act_quant.bits = b
+        m.act_bits = max(plan.values())
+        out.append(activation_report(m, 1, m.act_bits, gm)["peak_bits"])
+    return out
+
+
+def _act_plan(model: nn.Module, q: QuantConfig | None) -> dict[str, int] | None:
+    """Per layer, the bits of its input map, as `quantize_` attaches them (None: float activations)."""
+    if q is None or q.act_bits is None:
+        return None
+    groups, layers = layer_groups(model), list(prunable_layers(model))
+    act = {n: b for g, b in q.group_act_bits.items() for n in groups[g]}
+    return {n: act.get(n, q.act_bits) for n in layers[1:]}
+
+
+def candidates(space, base: nn.Module, table: dict) -> dict:
+    """Every combination costed: arrays `footprint` (bits), `drop` (predicted, fraction) and the params."""
+    params = space.params()
+    structures, weights, acts = (_combos(params, k) for k in ("structure", "weights", "acts"))
+    total = len(structures) * len(weights) * len(acts)
+    if total > MAX_COMBINATIONS:
+        raise OrchestratorError(f"sampler.start auto: the space has {total:,} structure x precision combinations, "
+                                f"more than {MAX_COMBINATIONS:,} to cost; list fewer values or give start points")
+    groups = layer_groups(base)
+    clip = space.quantize.weight_scale == "mse"
+    quants = {(i, j): _quant_config(space, w, a) for i, w in enumerate(weights) for j, a in enumerate(acts)}
+    w_plans = [quants[(i, 0)].plan(base) if quants[(i, 0)] is not None else None for i in range(len(weights))]
+    w_drop = np.array([_weights_drop(table, p, base, groups) for p in w_plans])
+    a_plans = [_act_plan(base, quants[(0, j)]) for j in range(len(acts))]
+    a_drop = np.array([_acts_drop(table, p, groups) for p in a_plans])
+    specs = sorted({s for p in w_plans if p for s in p.values()})
+    peak_cache: dict[str, list[int]] = {}
+    foot, drop, index = [], [], []
+    fixed = {k: fixed_value(k, v) for k, v in params.items() if isinstance(v, list) and _kind(k) == "fixed"}
+    seen = {}
+    for si, s in enumerate(structures):
+        prunes = _zero_shot_steps(space.pipeline({**fixed, **s, **weights[0], **acts[0]}))
+        key = json.dumps([c.model_dump(mode="json") for c in prunes], sort_keys=True)
+        if key in seen:  # "none" at every ratio, or a scale no method reads: one structure
+            continue
+        seen[key] = si
+        model = _pruned(base, prunes)
+        d_s = _structure_drop(table, prunes, base, model, groups)
+        const, per = _layer_costs(model, specs, clip)
+        p_bits = np.array([const + sum(per[p[n]][n] for n in p) if p else
+                           sum(r["storage_bits"] for r in parameter_rows(model)) for p in w_plans])
+        widths = json.dumps(getattr(model, "widths", None), sort_keys=True, default=str)
+        if widths not in peak_cache:
+            peak_cache[widths] = _act_peaks(model, a_plans)
+        a_bits = np.array(peak_cache[widths])
+        foot.append((p_bits[:, None] + a_bits[None, :]).ravel())
+        drop.append((d_s + w_drop[:, None] + a_drop[None, :]).ravel())
+        index.append(np.stack(np.meshgrid(np.full(1, si), np.arange(len(weights)), np.arange(len(acts)),
+                                          indexing="ij"), -1).reshape(-1, 3))
+    return {"footprint": np.concatenate(foot), "drop": np.concatenate(drop), "index": np.concatenate(index),
+            "structures": structures, "weights": weights, "acts": acts, "fixed": fixed}
+
+
+def _weights_drop(table: dict, plan: dict | None, base: nn.Module, groups: dict) -> float:
+    """Per layer, its share (by weights) of its group's measured drop at the layer's precision."""
+    if plan is None:
+        return 0.0
+    layers = prunable_layers(base)
+    drop = 0.0
+    for g, names in groups.items():
+        total = sum(layers[n].weight.numel() for n in names)
+        for n in names:
+            if plan[n][0] != "fp32":
+                drop += table["weights"][g][_fmt(plan[n])] * layers[n].weight.numel() / total
+    return drop
+
+
+def _acts_drop(table: dict, plan: dict | None, groups: dict) -> float:
+    if plan is None:
+        return 0.0
+    drop = 0.0
+    for g, names in groups.items():
+        quantized = [n for n in names if n in plan]
+        for n in quantized:
+            drop += table["acts"][g][str(plan[n])] / len(quantized)
+    return drop
+
+
+# --- the predicted front and its spread ----------------------------------------------------------------
+
+def predicted_front(c: dict, ceiling: float) -> np.ndarray:
+    """Indices of the non-dominated candidates (smaller footprint, smaller predicted drop), by footprint."""
+    drop = np.minimum(c["drop"], ceiling)  # accuracy cannot fall below chance: more predicted drop says nothing
+    order = np.lexsort((drop, c["footprint"]))
+    best, out = math.inf, []
+    for i in order:
+        if drop[i] < best - 1e-12:
+            best = drop[i]
+            out.append(i)
+    return np.array(out, dtype=int)
+
+
+def budgets(c: dict, front: np.ndarray, k: int, max_drop: float) -> list[float]:
+    """K footprint budgets, log-spaced from the smallest front point within `max_drop` up to the smallest
+    one predicted nearly lossless."""
+    foot, drop = c["footprint"][front], c["drop"][front]
+    ok = drop <= max_drop
+    if not ok.any():
+        return [float(foot[np.argmin(drop)])]
+    lo = foot[ok].min()
+    lossless = drop <= NEARLY_LOSSLESS
+    hi = max(lo, foot[lossless].min() if lossless.any() else foot[ok].max())
+    return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
+
+
+def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1) -> list[int]:
+    """One candidate per budget: of the `per_budget` least predicted drops that fit it (the first is the
+    predicted front's point there), the best `screen` accuracy (built without training, measured) when given."""
+    picks: list[int] = []
+    foot, drop = c["footprint"], c["drop"]
+    for budget in budgets(c, front, k, max_drop):
+        window = np.nonzero(foot <= budget * (1 + 1e-9))[0]
+        window = window[~np.isin(window, picks)]
+        if not len(window):
+            continue
+        top = window[np.argsort(drop[window], kind="stable")[:per_budget]]
+        best = int(top[0]) if screen is None or len(top) == 1 else int(max(top, key=lambda i: screen(int(i))))
+        picks.append(best)
+    return picks
+
+
+def build(space, base: nn.Module, params: dict, probe: Probe) -> nn.Module:
+    """A point of the space without training: its prune steps zero-shot, BN statistics re-estimated, then
+    post-training quantization as its quantize step plans it (activation ranges on `probe.bn_images`)."""
+    pipeline = space.pipeline({**params, "finetune_epochs": 0, "quant_epochs": 0, "channel_epochs": 0})
+    model = _pruned(base, _zero_shot_steps(pipeline)).to(probe.device)
+    if probe.bn_images:
+        recalibrate_bn(model, probe.train, probe.normalization, probe.bn_images, probe.device)
+    if pipeline.steps[-1].kind == "quantize":
+        q = pipeline.steps[-1].config
+        quantize_(model, q.model_copy(update={"calibration_images": max(1, probe.bn_images)}), probe.data)
+    return model
+
+
+def screen(space, base: nn.Module, params: dict, probe: Probe) -> float:
+    """The cheap low-fidelity estimate of a point: validation-subset accuracy of `build` (seconds)."""
+    return probe.accuracy(build(space, base, params, probe), recalibrate=False)
+
+
+def point(c: dict, i: int) -> dict:
+    s, w, a = c["index"][i]
+    return {**c["fixed"], **c["structures"][s], **c["weights"][w], **c["acts"][a]}
+
+
+def default_points(space) -> int:
+    return space.sampler.auto.points or max(1, min(5, space.budget.trials // 3))
+
+
+def cache_key(space, base_path, data_dir) -> str:
+    st = Path(base_path).stat()
+    ident = {"base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+             "data_dir": str(data_dir), "val_size": space.val_size,
+             "auto": space.sampler.auto.model_dump(exclude={"points", "max_drop"}),
+             "quantize": space.quantize.model_dump()}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> dict:
+    """The start points of `space` on its base: {'points': [params], 'predicted': [...], 'table': ...}."""
+    from ..checkpoint import load_model
+
+    base, ckpt = load_model(space.base, device)
+    base.eval()
+    k = default_points(space)
+    if k > space.budget.trials:
+        raise OrchestratorError(f"sampler.auto.points={k} is more than budget.trials={space.budget.trials}: "
+                                "every start point is a trial")
+    train, val = split_validation(load_split(ckpt.dataset, "train", data_dir), space.val_size)
+    probe = Probe(base, train, val, ckpt.normalization, space.sampler.auto.images, space.sampler.auto.bn_images,
+                  device)
+    cache = Path(cache_dir) / f"sensitivity-{cache_key(space, space.base, data_dir)}.json" if cache_dir else None
+    with torch.no_grad():
+        table = sensitivity_table(space, base, probe, cache)
+        c = candidates(space, base.cpu(), table)
+    ceiling = table["baseline"] - 1.0 / ckpt.num_classes
+    front = predicted_front(c, ceiling)
+    screened: dict[int, float] = {}
+
+    def measured(i: int) -> float:
+        if i not in screened:
+            screened[i] = screen(space, base, point(c, i), probe)
+        return screened[i]
+
+    opts = space.sampler.auto
+    with torch.no_grad():
+        picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen))
+    predicted = [{"params": point(c, i), "footprint_bits": int(c["footprint"][i]),
+                  "predicted_drop": round(float(min(c["drop"][i], ceiling)), 4),
+                  **({"screen_acc": screened[i]} if i in screened else {})} for i in picks]
+    if log:
+        for p in predicted:
+            shown = f", screened {100 * p['screen_acc']:.1f}%" if "screen_acc" in p else ""
+            log(f"auto start point: {p['footprint_bits'] / 8:,.0f} B, predicted zero-shot drop "
+                f"{100 * p['predicted_drop']:.1f} points{shown}: {p['params']}")
+    return {"points": [p["params"] for p in predicted], "predicted": predicted, "baseline": table["baseline"],
+            "front_size": int(len(front)), "combinations": int(len(c["drop"])), "screened": len(screened)}

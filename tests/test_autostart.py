@@ -1,0 +1,155 @@
+"""Automatic start points: exact costs, the predicted front, the spread, the cache, and the bad inputs."""
+
+import numpy as np
+from conftest import one_line_error, run, space_file
+from orchestrator.study import load_space
+from orchestrator.study import autostart
+from orchestrator.study.runner import open_study, start_points
+
+DIMS = {"method": ["global_magnitude", "l1_filter"], "ratio": {"low": 0.3, "high": 0.6, "step": 0.3},
+        "finetune_epochs": [0.5, 0], "kd": [True, False], "bits": [8, 4], "group_bits": {"stage1": [4, 2]},
+        "act_bits": [8], "group_act_bits": {"stage1": [4, 8]}}
+AUTO = {"name": "tpe", "auto": {"images": 50, "bn_images": 32, "points": 3}}
+
+
+def _space(tmp_path, base, **over):
+    return load_space(space_file(tmp_path, base, dimensions=DIMS, sampler=AUTO, budget={"trials": 6}, **over))
+
+
+def test_every_candidate_costs_what_the_real_model_measures(base, cifar10_dir, tmp_path):
+    """The solve's footprint of a combination is the footprint of that configuration built for real (its
+    prune steps zero-shot, PTQ weights, calibrated activations): exact, bit for bit."""
+    import copy
+
+    from orchestrator.checkpoint import load_model
+    from orchestrator.data import load_split, split_validation
+    from orchestrator.finetune import FinetuneData
+    from orchestrator.footprint import measure
+    from orchestrator.quant import quantize_
+
+    space = _space(tmp_path, base)
+    model, ckpt = load_model(space.base)
+    table = {"baseline": 0.5, "prune": {m: {g: {"0.0": 0.0} for g in ("stem", "stage1", "stage2", "stage3",
+                                                                         "classifier")} for m in DIMS["method"]},
+             "weights": {}, "acts": {}}
+    table["weights"] = {g: {f"int:{b}": 0.0 for b in (2, 4, 8)} for g in table["prune"]["l1_filter"]}
+    table["acts"] = {g: {"4": 0.0, "8": 0.0} for g in table["prune"]["l1_filter"]}
+    c = autostart.candidates(space, model, table)
+    assert len(c["footprint"]) == 2 * 2 * 2 * 2 * 2  # method x ratio x bits x bits_stage1 x act_stage1
+    train, _ = split_validation(load_split("cifar10", "train", cifar10_dir), space.val_size)
+    data = FinetuneData(train=train, normalization=ckpt.normalization)
+    for i in (0, 5, 13, 22, 31):
+        params = autostart.point(c, i)
+        pipeline = space.pipeline({**params, "finetune_epochs": 0, "quant_epochs": 0})
+        built = copy.deepcopy(model)
+        for cfg in autostart._zero_shot_steps(pipeline):
+            built = autostart._pruned(built, [cfg])
+        built = quantize_(built, pipeline.steps[-1].config, data)
+        assert measure(built, act_bits=pipeline.act_bits).total_bits == c["footprint"][i], params
+
+
+def test_the_predicted_front_is_non_dominated_and_the_spread_fits_its_budgets():
+    rng = np.random.default_rng(0)
+    c = {"footprint": rng.integers(1000, 100000, 400).astype(float), "drop": rng.random(400)}
+    front = autostart.predicted_front(c, ceiling=0.9)
+    f, d = c["footprint"], np.minimum(c["drop"], 0.9)
+    for i in front:  # nothing is at least as small and strictly better, or strictly smaller and as good
+        assert not np.any((f <= f[i]) & (d < d[i]) | (f < f[i]) & (d <= d[i]))
+    assert list(f[front]) == sorted(f[front]) and list(d[front]) == sorted(d[front], reverse=True)
+    picks = autostart.spread(c, front, 4, max_drop=0.5)
+    budgets = autostart.budgets(c, front, 4, max_drop=0.5)
+    assert len(picks) == 4 and len(set(picks)) == 4 and budgets == sorted(budgets)
+    for k, (i, budget) in enumerate(zip(picks, budgets)):  # each fits its budget with the least drop left
+        fits = [j for j in range(400) if f[j] <= budget and j not in picks[:k]]
+        assert f[i] <= budget and d[i] == min(d[j] for j in fits)
+    lo = min(f[i] for i in front if d[i] <= 0.5)
+    assert f[picks[0]] == lo and picks[-1] in front  # the smallest point within max_drop, the nearly lossless end
+
+
+def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar10_dir, tmp_path, monkeypatch):
+    space = _space(tmp_path, base)
+    storage = f"sqlite:///{tmp_path}/o.db"
+    calls = []
+    real = autostart.Probe.accuracy
+    monkeypatch.setattr(autostart.Probe, "accuracy", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    start = start_points(space, storage, cifar10_dir, tmp_path / "s")
+    assert 1 <= len(start) <= 3 and all(p["proposed_by"] == "auto" for p in start)
+    params = space.params()
+    for p in start:
+        assert set(p["params"]) == set(params)  # every parameter given, each inside its choices
+        assert p["params"]["finetune_epochs"] == 0.5 and p["params"]["kd"] is True  # the most recovery listed
+    measured = len(calls)
+    assert measured > 0
+    again = start_points(space, storage, cifar10_dir, tmp_path / "s")  # the sensitivity table is cached
+    assert len(calls) == measured and [p["params"] for p in again] == [p["params"] for p in start]
+    study = open_study(space, storage, start=start)
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert [t.user_attrs["proposed_by"] for t in waiting] == ["auto"] * len(start)
+    assert start_points(space, storage, cifar10_dir, tmp_path / "s") == []  # started: nothing is added again
+
+
+def test_auto_start_study_reports_how_each_trial_was_proposed(base, cifar10_dir, in_tmp):
+    import csv
+
+    path = space_file(in_tmp, base, dimensions={"method": ["global_magnitude"], "ratio": [0.3, 0.6],
+                                                "finetune_epochs": [0], "bits": [8, 4], "act_bits": [32]},
+                      sampler={"name": "random", "auto": {"images": 50, "bn_images": 32, "points": 2}},
+                      budget={"trials": 3})
+    r = run("study", "run", path, "--storage", f"sqlite:///{in_tmp}/o.db", "--mlflow", f"sqlite:///{in_tmp}/m.db",
+            "--data-dir", cifar10_dir, "--quiet", "--out", in_tmp / "studies")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(in_tmp / "studies" / "tiny" / "pareto" / "pareto.csv")))
+    by = [row["proposed_by"] for row in sorted(rows, key=lambda row: int(row["trial"]))]
+    assert by[:2] == ["auto", "auto"] or by.count("auto") >= 1  # a repeat of an auto point is left out of rows
+    assert set(by) <= {"auto", "sampler"}
+
+
+def test_auto_points_beyond_the_budget_is_one_line_before_anything(base, tmp_path):
+    path = space_file(tmp_path, base, sampler={"auto": {"points": 9}}, budget={"trials": 4})
+    r = run("study", "run", path, "--storage", f"sqlite:///{tmp_path}/o.db")
+    one_line_error(r, r"sampler.auto.points=9 is more than budget.trials=4")
+    assert not (tmp_path / "o.db").exists()
+
+
+def test_a_method_without_a_zero_shot_form_cannot_be_measured(base, cifar10_dir, in_tmp):
+    import optuna
+
+    storage = f"sqlite:///{in_tmp}/o.db"
+    path = space_file(in_tmp, base, dimensions={"method": ["slimming"], "ratio": [0.3], "finetune_epochs": [0]})
+    r = run("study", "run", path, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s", "--quiet",
+            "--mlflow", f"sqlite:///{in_tmp}/m.db")
+    one_line_error(r, r"sampler.start auto: method 'slimming' has no per-group ratio, so its groups cannot be "
+                      r"measured one by one")
+    assert "tiny" not in optuna.get_all_study_names(storage)  # refused before the study exists
+
+
+def test_warm_start_from_a_missing_or_different_study_is_refused_before_any_trial(base, cifar10_dir, in_tmp):
+    storage = f"sqlite:///{in_tmp}/o.db"
+    path = space_file(in_tmp, base, sampler={"start": "none", "warm_start": "nosuch"})
+    r = run("study", "run", path, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s", "--quiet",
+            "--mlflow", f"sqlite:///{in_tmp}/m.db")
+    one_line_error(r, r"sampler.warm_start: no study named 'nosuch'")
+    import optuna
+
+    assert "tiny" not in optuna.get_all_study_names(storage)  # nothing was created
+    first = space_file(in_tmp, base, name="first", sampler={"name": "random", "start": "none"},
+                       dimensions={"method": ["global_magnitude"], "ratio": [0.3], "finetune_epochs": [0],
+                                   "bits": [32], "act_bits": [32]}, budget={"trials": 1})
+    assert run("study", "run", first, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s",
+               "--quiet", "--mlflow", f"sqlite:///{in_tmp}/m.db").exit_code == 0
+    other = space_file(in_tmp, base, sampler={"start": "none", "warm_start": "first"},
+                       dimensions={"method": ["global_magnitude"], "ratio": [0.5, 0.6], "finetune_epochs": [0],
+                                   "bits": [32], "act_bits": [32]})
+    r = run("study", "run", other, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s", "--quiet",
+            "--mlflow", f"sqlite:///{in_tmp}/m.db")
+    one_line_error(r, r"sampler.warm_start: study 'first' ran ratio=0.3, outside this space's \[0.5, 0.6\]")
+    assert "tiny" not in optuna.get_all_study_names(storage)
+    same = space_file(in_tmp, base, sampler={"name": "random", "start": "none", "warm_start": "first"},
+                      dimensions={"method": ["global_magnitude"], "ratio": [0.3, 0.6], "finetune_epochs": [0],
+                                  "bits": [32], "act_bits": [32]}, budget={"trials": 2})
+    r = run("study", "run", same, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s", "--quiet",
+            "--mlflow", f"sqlite:///{in_tmp}/m.db")
+    assert r.exit_code == 0, r.output
+    st = open_study(load_space(same), storage, create=False)
+    first_trial = min(st.trials, key=lambda t: t.number)
+    assert first_trial.user_attrs["proposed_by"] == "warm-start:first" and first_trial.params["ratio"] == 0.3
