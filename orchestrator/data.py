@@ -11,7 +11,7 @@ import io
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +187,8 @@ def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -
         raise DataError(f"{folder} is incomplete: missing {', '.join(missing)}")
     stamp = tuple((f, (folder / f).stat().st_mtime_ns, (folder / f).stat().st_size) for f in files)
     key = (spec.name, split, str(folder.resolve()), stamp)
-    if key in _SPLITS:  # every trial of a study reads the same files: decoded once per process
-        return _SPLITS[key]
+    if key in _SPLITS:  # every trial of a study reads the same files: decoded once per process (the tensors
+        return replace(_SPLITS[key], notes=list(_SPLITS[key].notes))  # are shared: nobody writes into them)
     if len(_SPLITS) >= 4:  # the train and test splits of two data sets at most: a few hundred MB of uint8
         _SPLITS.clear()
     _SPLITS[key] = split_ = _read_split(folder, files, spec, split)

@@ -72,8 +72,9 @@ def realized(model: nn.Module) -> dict:
 
 
 class Timer(dict):
-    """Seconds per stage of a pipeline (load, evaluations, footprint, saves, export), summed over its uses:
-    what a trial spends outside training, in its record."""
+    """Seconds per stage of a pipeline (load, train, evaluate, footprint, cache, save, export), summed over its
+    uses: the record shows what a trial spends outside training. A plain dict goes into records and
+    checkpoints (`weights_only` loading admits no other class)."""
 
     @contextmanager
     def __call__(self, stage: str):
@@ -117,11 +118,12 @@ class StepCache:
 
 
 def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False,
-                 cache_dir=None) -> dict:
+                 cache_dir=None, evaluate_steps: bool = True) -> dict:
     """Run every step; returns {'steps': [...records], 'final': {...}, 'export': path}.
 
     Resumable (finished steps are kept in `<out>.work/`); with `cache_dir`, steps are shared with
-    other pipelines through a `StepCache`.
+    other pipelines through a `StepCache`. Without `evaluate_steps` only the last step is evaluated (a
+    study trial: its objective is the last step's accuracy; the others' stay None in the record).
     """
     base = base or config.base
     if not base:
@@ -136,8 +138,11 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     started = {"base": str(base), "pipeline": dumped}  # what the kept steps belong to
     stamp = work / "pipeline.json"
     if read_json(stamp, started) != started:
-        raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
-                                f"to finish it, or delete {work} to start this one")
+        if len(read_json(work / "records.json", [])) > 1:  # finished steps of another pipeline: never thrown away
+            raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
+                                    f"to finish it, or delete {work} to start this one")
+        shutil.rmtree(work)  # nothing finished there (e.g. a run refused by a bad value): replaced without asking
+        work.mkdir(parents=True)
     write_json(stamp, started)
     with timer("load"):
         train_split = load_split(ckpt.dataset, "train", data_dir)
@@ -180,7 +185,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
             model, record = hit
         else:
             model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
-                                      act_bits, device, progress, timer)
+                                      act_bits, device, progress, timer, evaluate_steps or i == len(config.steps))
             if cache:
                 with timer("cache"):
                     cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
@@ -189,6 +194,9 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         model.to(device)
         records.append(record)
         write_json(records_path, records)
+    if records[-1].get("eval_acc") is None:  # the last step came from the cache of a trial that went on
+        with timer("evaluate"):
+            records[-1] = {**records[-1], "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"]}
     export_path = out.with_suffix(".orcx")
     with timer("export"):
         info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
@@ -203,7 +211,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     final["compression"] = records[0]["total_bits"] / final["total_bits"]
     final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
     result = {"pipeline": dumped, "base": str(base), "steps": records, "final": final,
-              "export": str(export_path), "cache_hits": cache.hits if cache else 0, "timings": timer}
+              "export": str(export_path), "cache_hits": cache.hits if cache else 0, "timings": dict(timer)}
     metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"], "eval_split": eval_split.name,
                "sparsity": sparsity(exported), "pipeline": result}
     with timer("save"):
@@ -224,7 +232,7 @@ def _teacher(path, student, device):
 
 
 def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress,
-              timer: Timer):
+              timer: Timer, evaluate_step: bool = True):
     data = FinetuneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
                      progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
     t0 = time.perf_counter()
@@ -240,7 +248,7 @@ def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
     seconds = time.perf_counter() - t0
     timer["train"] = timer.get("train", 0.0) + seconds
     with timer("evaluate"):
-        eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
+        eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"] if evaluate_step else None
     with timer("footprint"):
         sizes = _sizes(model.cpu(), act_bits)
     record = {"step": step.kind, "config": cfg.model_dump(mode="json"), "seconds": seconds, "eval_acc": eval_acc,

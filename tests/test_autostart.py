@@ -1,6 +1,8 @@
 """Automatic start points: exact costs, the predicted front, the spread, the cache, and the bad inputs."""
 
 import numpy as np
+import pytest
+
 from conftest import one_line_error, run, space_file
 from orchestrator.study import load_space
 from orchestrator.study import autostart
@@ -66,18 +68,53 @@ def test_the_predicted_front_is_non_dominated_and_the_spread_fits_its_budgets():
     assert f[picks[0]] == lo and picks[-1] in front  # the smallest point within max_drop, the nearly lossless end
 
 
+def test_with_a_screen_the_smallest_budget_is_the_smallest_that_measures_within_max_drop():
+    """The screen's accuracy rises with footprint here; the bisection finds the smallest front footprint whose best
+    screened candidate is within max_drop of the reference, and the spread starts there."""
+    rng = np.random.default_rng(1)
+    c = {"footprint": rng.integers(1000, 100000, 300).astype(float), "drop": rng.random(300) * 0.9}
+    front = autostart.predicted_front(c, ceiling=0.9)
+    calls = []
+
+    def screen(i):  # a measured accuracy: 0.9 at the largest footprint, falling to 0.1 at the smallest
+        calls.append(i)
+        return 0.1 + 0.8 * (c["footprint"][i] - 1000) / 99000
+
+    picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9)
+    assert len(calls) < 60  # a bisection, not a sweep
+    sizes = np.unique(c["footprint"][front])
+    passing = [f for f in sizes if max(screen(i) for i in np.argsort(c["drop"], kind="stable")
+                                       if c["footprint"][i] <= f) >= 0.5]  # best-of-all: an upper bound
+    assert c["footprint"][picks[0]] >= min(passing)  # nothing below a footprint where even the best fails
+    assert screen(picks[0]) >= 0.5  # the smallest start point measures within max_drop
+
+
 def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar10_dir, tmp_path, monkeypatch):
     space = _space(tmp_path, base)
     storage = f"sqlite:///{tmp_path}/o.db"
-    calls = []
-    real = autostart.Probe.accuracy
-    monkeypatch.setattr(autostart.Probe, "accuracy", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    calls, screening = [], []  # sensitivity measurements (cached), and screens (the zero-shot builds, not cached)
+    real, real_screen = autostart.Probe.accuracy, autostart.screen
+
+    def counted(self, *a, **k):
+        if not screening:
+            calls.append(1)
+        return real(self, *a, **k)
+
+    def counted_screen(*a):
+        screening.append(1)
+        try:
+            return real_screen(*a)
+        finally:
+            screening.pop()
+
+    monkeypatch.setattr(autostart.Probe, "accuracy", counted)
+    monkeypatch.setattr(autostart, "screen", counted_screen)
     start = start_points(space, storage, cifar10_dir, tmp_path / "s")
     assert 1 <= len(start) <= 3 and all(p["proposed_by"] == "auto" for p in start)
     params = space.params()
     for p in start:
         assert set(p["params"]) == set(params)  # every parameter given, each inside its choices
-        assert p["params"]["finetune_epochs"] == 0.5 and p["params"]["kd"] is True  # the most recovery listed
+        assert p["params"]["finetune_epochs"] == 0.5 and p["params"]["kd"] is True  # the first listed values
     measured = len(calls)
     assert measured > 0
     again = start_points(space, storage, cifar10_dir, tmp_path / "s")  # the sensitivity table is cached
@@ -99,9 +136,18 @@ def test_auto_start_study_reports_how_each_trial_was_proposed(base, cifar10_dir,
             "--data-dir", cifar10_dir, "--quiet", "--out", in_tmp / "studies")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(in_tmp / "studies" / "tiny" / "pareto" / "pareto.csv")))
-    by = [row["proposed_by"] for row in sorted(rows, key=lambda row: int(row["trial"]))]
-    assert by[:2] == ["auto", "auto"] or by.count("auto") >= 1  # a repeat of an auto point is left out of rows
-    assert set(by) <= {"auto", "sampler"}
+    by = {int(row["trial"]): row["proposed_by"] for row in rows}
+    assert by[0] == "auto" and set(by.values()) <= {"auto", "sampler"}  # trial 0 is always an auto point
+    from orchestrator.study.runner import open_study as _open
+
+    st = _open(load_space(path), f"sqlite:///{in_tmp}/o.db", create=False)
+    auto = [t for t in st.trials if t.user_attrs.get("proposed_by") == "auto"]
+    assert 1 <= len(auto) <= 2 and [t.number for t in auto] == list(range(len(auto)))  # run first, in order
+    assert all({"predicted_drop", "predicted_footprint_bits", "screen_acc"} <= set(t.user_attrs) or
+               "predicted_drop" in t.user_attrs for t in auto)
+    timings = st.trials[0].user_attrs["timings"]
+    assert {"load", "train", "evaluate", "footprint", "export", "mlflow", "trial"} <= set(timings)
+    assert timings["trial"] >= sum(v for k, v in timings.items() if k != "trial") * 0.99
 
 
 def test_auto_points_beyond_the_budget_is_one_line_before_anything(base, tmp_path):
@@ -118,8 +164,7 @@ def test_a_method_without_a_zero_shot_form_cannot_be_measured(base, cifar10_dir,
     path = space_file(in_tmp, base, dimensions={"method": ["slimming"], "ratio": [0.3], "finetune_epochs": [0]})
     r = run("study", "run", path, "--storage", storage, "--data-dir", cifar10_dir, "--out", in_tmp / "s", "--quiet",
             "--mlflow", f"sqlite:///{in_tmp}/m.db")
-    one_line_error(r, r"sampler.start auto: method 'slimming' has no per-group ratio, so its groups cannot be "
-                      r"measured one by one")
+    one_line_error(r, r"sampler.start auto: no method of \['slimming'\] can be measured group by group")
     assert "tiny" not in optuna.get_all_study_names(storage)  # refused before the study exists
 
 
@@ -153,3 +198,23 @@ def test_warm_start_from_a_missing_or_different_study_is_refused_before_any_tria
     st = open_study(load_space(same), storage, create=False)
     first_trial = min(st.trials, key=lambda t: t.number)
     assert first_trial.user_attrs["proposed_by"] == "warm-start:first" and first_trial.params["ratio"] == 0.3
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg11", "mobilenetv2"])
+def test_the_shipped_space_runs_unedited_on_every_family(arch, tmp_path):
+    """`quick_cpu.yaml` names only groups every family has (stage1..3) and methods every family supports: with
+    --base on another architecture it validates against that model, as its own study (<name>-<stem>)."""
+    from orchestrator.checkpoint import from_model, save_checkpoint
+    from orchestrator.models import build_model
+    from orchestrator.study.autostart import _methods
+
+    model = build_model(arch, width_mult=0.25)
+    ckpt = save_checkpoint(tmp_path / f"{arch}.pt", from_model(model, "cifar10", {"mean": [0.5] * 3,
+                                                                                   "std": [0.25] * 3}))
+    from pathlib import Path
+
+    space = load_space(Path(__file__).parents[1] / "search_spaces" / "quick_cpu.yaml", base=ckpt)
+    assert space.name == f"quick-cpu-{arch}" and space.base == str(ckpt)
+    space.check_base(model)  # raises on a group the model lacks
+    assert set(_methods(space)) == {"global_magnitude", "l1_filter"}
+    assert space.sampler.points == [] and space.sampler.start == "auto"  # no hand-written start point

@@ -95,6 +95,19 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
                              "sqlite:///{tmp}/m.db", "--data-dir", "{data}"], r"missing.pt does not exist"),
     "space: ratio range reversed": (["study", "run", "{space_range}", "--storage", "sqlite:///{tmp}/o.db",
                                      "--data-dir", "{data}"], r"dimensions.ratio"),
+    "space: more auto start points than trials": (["study", "run", "{space_k}", "--storage", "sqlite:///{tmp}/o.db",
+                                                   "--data-dir", "{data}"],
+                                                  r"sampler.auto.points=3 is more than budget.trials=1"),
+    "space: auto start with no measurable method": (["study", "run", "{space_han}", "--storage",
+                                                     "sqlite:///{tmp}/o.db", "--mlflow", "sqlite:///{tmp}/m.db",
+                                                     "--data-dir", "{data}", "--out", "{tmp}/s"],
+                                                    r"no method of \['han'\] can be measured group by group"),
+    "study status: storage that does not exist": (["study", "status", "{space}", "--storage",
+                                                   "sqlite:////proc/nope/x.db"],
+                                                  r"no study named 'bad' in sqlite:////proc/nope/x.db \(/proc/nope/x.db "
+                                                  r"does not exist\)"),
+    "study pareto: storage that does not exist": (["study", "pareto", "{space}", "--storage",
+                                                   "sqlite:///{tmp}/nope/x.db"], r"no study named 'bad' in .*does not exist"),
 }
 
 
@@ -106,7 +119,9 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
     files = {"base": base, "data": cifar10_dir, "tmp": tmp_path, **bad_files}
     for key, over in (("space", {}), ("space_nobase", {"base": str(tmp_path / "missing.pt")}),
                       ("space_range", {"dimensions": {"method": ["global_magnitude"],
-                                                      "ratio": {"low": 0.9, "high": 0.1}}})):
+                                                      "ratio": {"low": 0.9, "high": 0.1}}}),
+                      ("space_k", {"sampler": {"auto": {"points": 3}}}),
+                      ("space_han", {"val_size": 20, "dimensions": {"method": ["han"], "ratio": [0.5]}})):
         files[key] = tmp_path / f"{key}.yaml"
         files[key].write_text(yaml.safe_dump({**space, **over}))
     files["pipeline"] = tmp_path / "pipeline.yaml"
@@ -116,6 +131,19 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
     one_line_error(result, pattern)
     assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "o.db").exists() or name.startswith("space")  # no study opened before the error
+    assert not (tmp_path / "nope").exists()  # a read-only command creates nothing
     # the key is named as the user wrote it: no pydantic-internal location parts
     assert "function-after" not in result.output and "invalid value for ''" not in result.output
     assert "constrained-" not in result.output and "global_magnitude." not in result.output  # no union tags
+
+
+def test_a_run_refused_by_a_bad_value_leaves_nothing_that_blocks_the_corrected_rerun(base, cifar10_dir, tmp_path):
+    """A refusal inside a step (a group the model lacks) happens after the resume store exists; the store holds no
+    finished step, so the corrected command replaces it instead of asking the user to delete it."""
+    out = tmp_path / "p.pt"
+    bad = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--skip", "nosuchgroup", "--data-dir",
+              cifar10_dir, "--out", out)
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    good = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--data-dir", cifar10_dir, "--out", out)
+    assert good.exit_code == 0, good.output
+    assert out.is_file() and not (tmp_path / "p.pt.work").exists()

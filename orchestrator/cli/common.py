@@ -5,6 +5,7 @@ YAML config files. Command modules import from here only, never from each other 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import click
@@ -50,6 +51,18 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.version_option(package_name="orchestrator")
 def main():
     """Best CIFAR accuracy for the smallest memory footprint: train, compress, measure, search."""
+    log = logging.getLogger("orchestrator")
+    if not any(isinstance(h, _Echo) for h in log.handlers):  # the library's progress lines (auto start points,
+        log.addHandler(_Echo())  # repeats answered from records), and its warnings, once each on stderr
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class _Echo(logging.Handler):
+    """Log records as plain lines on the current stderr (resolved per line: click's test runner swaps it)."""
+
+    def emit(self, record):
+        click.echo(record.getMessage(), err=True)
 
 
 class Bits(click.ParamType):

@@ -12,6 +12,11 @@ from .common import _device, _one_line_errors, data_dir_option, device_option, m
 storage_option = click.option("--storage", default=None,
                               help="Optuna storage URL (default: sqlite:///runs/studies.db; postgresql://... "
                                    "for several machines).")
+base_option = with_options([
+    click.option("--base", type=click.Path(dir_okay=False), default=None,
+                 help="Run the space on this checkpoint instead of its `base` (the same file on another model), "
+                      "as the study <name>-<checkpoint stem> unless --name is given."),
+    click.option("--name", default=None, help="The study's name instead of the space's `name`.")])
 mlflow_option = click.option("--mlflow", "tracking_uri", default=None,
                              help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db + ./mlruns).")
 
@@ -21,16 +26,18 @@ def study():
     """Optuna multi-objective studies over compression pipelines, tracked in MLflow."""
 
 
-def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist, workers=1):
+def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist, workers=1,
+         base=None, name=None):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
     from ..study.pareto import rows
 
-    space = load_space(space_file)
+    space = load_space(space_file, base, name)
     storage = storage or DEFAULT_STORAGE
     if must_exist:
         open_study(space, storage, create=False)
     if workers > 1:
-        return _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers)
+        return _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers,
+                            base, name)
 
     def echo(number, params, values):
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -53,7 +60,8 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
                    + f": trials {host}/{views['table']}\n  accuracy vs footprint {host}/{views['chart']}")
 
 
-def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers):
+def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers, base=None,
+                 name=None):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
     from ..study.runner import preflight, publish, start_points
@@ -66,7 +74,8 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     Tracker(tracking_uri, space.name)  # so the workers do not race through the schema migrations
     argv = ["study", "run", str(space_file), "--storage", storage, "--out", str(out_dir), "--device", device,
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
-            *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else [])]
+            *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else []),
+            *(["--base", str(base)] if base else []), "--name", space.name]
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo)
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
@@ -78,7 +87,7 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
 
 
 _common = with_options([
-    storage_option, mlflow_option, data_dir_option, device_option,
+    storage_option, mlflow_option, data_dir_option, device_option, base_option,
     click.option("--out", "out_dir", default="runs/studies", show_default=True,
                  help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
     click.option("--trials", type=click.IntRange(min=1), default=None,
@@ -95,9 +104,9 @@ def _run_command(name: str, must_exist: bool, doc: str):
     @click.argument("space_file", type=click.Path(dir_okay=False))
     @_common
     @_one_line_errors
-    def command(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, workers):
+    def command(space_file, storage, tracking_uri, data_dir, device, base, name, out_dir, trials, quiet, workers):
         _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist=must_exist,
-             workers=workers)
+             workers=workers, base=base, name=name)
 
     return command
 
@@ -109,13 +118,14 @@ study_resume = _run_command("resume", True, "Continue an existing study (an erro
 @study.command("status")
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @storage_option
+@base_option
 @_one_line_errors
-def study_status(space_file, storage):
+def study_status(space_file, storage, base, name):
     """Trial counts by state and the current Pareto front."""
     from ..study import DEFAULT_STORAGE, load_space, open_study, status
     from ..study.pareto import rows
 
-    space = load_space(space_file)
+    space = load_space(space_file, base, name)
     st = open_study(space, storage or DEFAULT_STORAGE, create=False)
     click.echo(f"{space.name}: {status(st)} of budget {space.budget.trials}")
     for r in rows(st):
@@ -127,12 +137,12 @@ def study_status(space_file, storage):
             click.echo(f"  trial {t.number} failed: {t.user_attrs.get('fail_reason', 'worker lost (no heartbeat)')}")
 
 
-def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build) -> list:
+def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build, base=None, name=None) -> list:
     """Open a study with finished trials, write files with `build(study, space, out)`, log them to MLflow."""
     from ..study import DEFAULT_STORAGE, load_space, open_study
     from ..study.tracking import PARENT_ATTR, Tracker
 
-    space = load_space(space_file)
+    space = load_space(space_file, base, name)
     storage = storage or DEFAULT_STORAGE
     st = open_study(space, storage, create=False)
     if not any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
@@ -146,7 +156,7 @@ def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build) -> li
 
 def _publish_options(kind: str):
     options = with_options([click.argument("space_file", type=click.Path(dir_okay=False)), storage_option,
-                            mlflow_option, click.option("--out", "out_dir", default=None,
+                            mlflow_option, base_option, click.option("--out", "out_dir", default=None,
                                                         help=f"Default: runs/studies/<name>/{kind}")])
     return lambda fn: _one_line_errors(options(fn))
 
@@ -157,7 +167,7 @@ def _publish_options(kind: str):
               help="Also register a front model in the MLflow Model Registry under NAME (default model: the "
                    "smallest front model within 1 test point of the base).")
 @click.option("--trial", type=click.IntRange(min=0), default=None, help="With --register: this trial's model.")
-def study_pareto(space_file, storage, tracking_uri, out_dir, register_as, trial):
+def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, register_as, trial):
     """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
     from ..study.pareto import export_pareto, rows
 
@@ -171,7 +181,7 @@ def study_pareto(space_file, storage, tracking_uri, out_dir, register_as, trial)
             picked["row"] = pick_front_model(rows(st), trial)
         return export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}")
 
-    files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", build)
+    files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", build, base, name)
     click.echo("\n".join(str(f) for f in files))
     if register_as:
         from ..study.mlmodel import register
@@ -181,10 +191,10 @@ def study_pareto(space_file, storage, tracking_uri, out_dir, register_as, trial)
 
 @main.command("report")
 @_publish_options("report")
-def report(space_file, storage, tracking_uri, out_dir):
+def report(space_file, storage, tracking_uri, base, name, out_dir):
     """Presentation material from a finished study: HTML report, offline slides, figures (PNG, SVG)."""
     from ..report import build_report
 
     files = _publish(space_file, storage, tracking_uri, out_dir, "report", lambda st, space, out, storage: build_report(
-        st, space, out, space_file=space_file, storage=storage)["files"])
+        st, space, out, space_file=space_file, storage=storage)["files"], base, name)
     click.echo(f"{files[0]}, {files[1]} ({len(files)} files)")

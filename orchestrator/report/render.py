@@ -62,10 +62,15 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
                              for c in [d["profiles"].get("chosen")] if c])
                  + (_img(figs["memory"]) if "memory" in figs else ""))
     methods = _table(["method", "what it does"], [[m, t] for m, t in d["methods"].items()])
-    front_rows = [[r["trial"], r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]), _kb(r["footprint_bytes"]),
-                   f"{r['compression']:.1f}x", realized_line(r.get("realized"))] for r in d["front"]]
-    pareto = _img(figs["pareto"]) + _table(["trial", "configuration", "val", "test", "footprint", "smaller by",
-                                            "realized: zeros / weight bits per layer group"], front_rows)
+    front_rows = [[r["trial"], r.get("proposed_by", "sampler"), r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]),
+                   _kb(r["footprint_bytes"]), f"{r['compression']:.1f}x", realized_line(r.get("realized"))]
+                  for r in d["front"]]
+    pareto = _img(figs["pareto"]) + _table(["trial", "proposed by", "configuration", "val", "test", "footprint",
+                                            "smaller by", "realized: zeros / weight bits per layer group"],
+                                           front_rows)
+    pareto += ("<p>Proposed by: <b>auto</b>, a start point of the budget solve over the base's per-group "
+               "sensitivities; <b>start</b>, a start point written in the space; <b>warm-start:NAME</b>, the "
+               "front of study NAME; <b>sampler</b>, the study's sampler.</p>")
     mattered = "".join(_img(figs[k]) for k in ("importances", "bits", "best_model") if k in figs)
     if d["kd"]:
         mattered += "<p>KD in fine-tunes: " + "; ".join(
@@ -131,7 +136,8 @@ def slides_html(d: dict, secs: list[tuple[str, str]]) -> str:
 
 def _numbers(d: dict) -> dict:
     """The numbers the pages show, machine-readable (tests compare them with the study)."""
-    return {"front": [{"trial": r["trial"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
+    return {"front": [{"trial": r["trial"], "proposed_by": r.get("proposed_by", "sampler"),
+                       "val_acc": r["val_acc"], "test_acc": r["test_acc"],
                        "footprint_bytes": r["footprint_bytes"]} for r in d["front"]],
             "dense": d["dense"], "answer": [{"budget": a["budget"], "trial": a["trial"]["trial"] if a["trial"] else None}
                                             for a in d["answer"]]}

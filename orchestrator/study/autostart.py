@@ -3,7 +3,7 @@
 The first trials of a small study decide what it finds: NSGA-II's first generation is random, TPE's and
 GP's start-up trials too. Here they come from the base itself, in seconds to minutes instead of trials:
 
-1. *Sensitivity* (once per base, cached beside the step cache): for every layer group and every value
+1. *Sensitivity* (once per base, data and measurement settings; cached beside the study's step cache): for every layer group and every value
    the space can give it, the validation-subset accuracy drop when only that group is pruned
    (each listed method, over the ratio grid), only its weights are rounded (each weight precision) or
    only its input maps are quantized (each activation precision); BN statistics re-estimated after
@@ -16,9 +16,10 @@ GP's start-up trials too. Here they come from the base itself, in seconds to min
 3. *Spread*: K footprint budgets, log-spaced from the smallest front point predicted nearly lossless to
    the smallest one within `max_drop`; each budget's point is the least predicted drop that fits it.
 
-Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take the value that
-recovers most (the largest budget listed, KD on) or the first listed. The footprint is exact for the
-configuration before any fine-tune; QAT moves it only by the weights it rounds to zero.
+Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take their first listed
+value. Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
+start point. The footprint is exact for the configuration before any fine-tune; QAT moves it only by the
+weights it rounds to zero.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import load_split, split_validation
+from ..data import load_split, resolve_data_dir, split_validation
 from ..errors import OrchestratorError
 from ..footprint.activations import activation_report, trace
 from ..footprint.params import parameter_rows
@@ -60,9 +61,9 @@ class AutoStart(BaseModel):
     images: int = Field(1000, ge=50)  # validation images every sensitivity is measured on
     bn_images: int = Field(256, ge=0)  # training images for BN re-estimation and activation ranges
     screen: int = Field(4, ge=0)  # per budget, candidates built zero-shot and measured; the best is proposed
-    # (0: the least predicted drop, no measurement)
-    max_drop: float = Field(0.5, gt=0, lt=1)  # predicted zero-shot drop (fraction) of the smallest start point:
-    # before any fine-tune, which recovers most of it (80% global magnitude: -48 points zero-shot, -1.8 after 1 epoch)
+    # (0 or 1: the least predicted drop, no measurement)
+    max_drop: float = Field(0.5, gt=0, lt=1)  # zero-shot drop (fraction) of the smallest start point: screened
+    # when `screen` > 1, else predicted; before any fine-tune, which recovers much of it
 
 
 # --- the space's values, split into what the sensitivity measures ------------------------------------
@@ -87,7 +88,7 @@ def grid_values(choices) -> list:
     if isinstance(choices, list):
         return list(choices)
     if choices.step is None:
-        return [round(float(v), 6) for v in np.linspace(choices.low, choices.high, 8)]
+        return sorted({round(float(v), 6) for v in np.linspace(choices.low, choices.high, 8)})
     n = round((choices.high - choices.low) / choices.step)
     return [round(choices.low + i * choices.step, 6) for i in range(n + 1)]
 
@@ -121,6 +122,31 @@ def _zero_shot_steps(pipeline) -> list:
     return prunes
 
 
+def measurable(method: str) -> bool:
+    """Whether a method can prune one group alone without training (a per-group ratio, a zero-shot form)."""
+    if method == "none":
+        return True
+    cls = METHODS[method][0]
+    if "group_ratios" not in cls.model_fields:
+        return False
+    return not _config(cls, method, "stage1", 0.5).needs_data()  # group names are checked against a model later
+
+
+def _methods(space) -> list[str]:
+    """The space's pruning methods (main step, then channel step) the sensitivity can measure; the others
+    get no start point. None at all, while some are listed, is an error before anything is measured."""
+    listed = [m for m in space.params().get("method", ["none"])]
+    if space.dimensions.channels is not None:
+        listed.append(space.dimensions.channels.method)
+    listed = list(dict.fromkeys(listed))
+    ok = [m for m in listed if measurable(m)]
+    if not [m for m in ok if m != "none"] and "none" not in listed:
+        raise OrchestratorError(f"sampler.start auto: no method of {listed} can be measured group by group without "
+                                "training (a per-group ratio and a zero-shot form are needed); give start points "
+                                "by hand (sampler.start: [...]) or none")
+    return ok
+
+
 def _pruned(base: nn.Module, prunes: list) -> nn.Module:
     model = copy.deepcopy(base)
     for cfg in prunes:
@@ -150,8 +176,10 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
     'acts': {group: {bits: drop}}}: drops are fractions; filled incrementally into `cache` (resumable)."""
     params = space.params()
     table = read_json(cache, None) if cache else None
+    # two references: activation drops are measured as PTQ runs them (no BN re-estimation), pruning and weight
+    # drops after re-estimating BN, so each is taken against the base re-estimated the same way
     table = table or {"baseline": probe.accuracy(copy.deepcopy(base), recalibrate=False),
-                      "prune": {}, "weights": {}, "acts": {}}
+                      "baseline_bn": probe.accuracy(copy.deepcopy(base)), "prune": {}, "weights": {}, "acts": {}}
 
     def save():
         if cache:
@@ -159,12 +187,9 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
             write_json(cache, table)
 
     groups = layer_groups(base)
-    base_acc = table["baseline"]
+    base_acc = table["baseline_bn"]
     ratios = sensitivity_ratios(params)
-    methods = [m for m in params.get("method", ["none"]) if m != "none"]
-    if space.dimensions.channels is not None:
-        methods.append(space.dimensions.channels.method)
-    for method in dict.fromkeys(methods):
+    for method in [m for m in _methods(space) if m != "none"]:
         cls = METHODS[method][0]
         grid = ratios if cls.structured else sorted({*ratios, 0.98})  # a global threshold may take a group further
         for g in groups:
@@ -176,14 +201,14 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
                 same = model is None or (cls.structured and model.widths == base.widths)  # no channel of g removable
                 row[str(r)] = 0.0 if same else base_acc - probe.accuracy(model)
                 save()
-    quant = QuantConfig(**space.quantize.model_dump())
-    clip = quant.weight_scale == "mse"
-    for fmt_bits in sorted({_fmt(p) for p in _all_plans(space, base)}):
-        fmt, bits = fmt_bits.split(":")
-        for g, names in groups.items():
+    clip = _clip(space)
+    used = _group_specs(space, base, groups)
+    for g, names in groups.items():
+        for fmt_bits in used[g]:
             row = table["weights"].setdefault(g, {})
             if fmt_bits in row:
                 continue
+            fmt, bits = fmt_bits.split(":")
             model = copy.deepcopy(base)
             layers = prunable_layers(model)
             for n in names:
@@ -191,7 +216,9 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
                     quantize_weight_(layers[n], fmt, int(bits), clip=clip)
             row[fmt_bits] = base_acc - probe.accuracy(model)
             save()
-    act_values = sorted({b for a in _combos(params, "acts") for b in a.values() if b < 32})
+    first_weights = _combos(params, "weights")[0]
+    act_values = sorted({b for a in _combos(params, "acts")
+                         for b in (_act_plan(base, _quant_config(space, first_weights, a)) or {}).values()})
     first = next(iter(prunable_layers(base)))
     for g, names in groups.items():
         for bits in act_values:
@@ -205,7 +232,7 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
                 if n != first:
                     attach_act_quant_(layers[n], bits, clip=space.quantize.act_scale == "mse")
             calibrate_(model, probe.data, max(1, probe.bn_images))
-            row[str(bits)] = base_acc - probe.accuracy(model, recalibrate=False)
+            row[str(bits)] = table["baseline"] - probe.accuracy(model, recalibrate=False)
             save()
     save()
     return table
@@ -224,14 +251,9 @@ def sensitivity_ratios(params: dict, most: int = 6) -> list[float]:
 
 
 def _config(cls, method: str, group: str, ratio: float):
-    """`method` pruning `group` alone at `ratio`, zero-shot."""
+    """`method` pruning `group` alone at `ratio`, zero-shot (`cls` has `group_ratios`: see `measurable`)."""
     fields = cls.model_fields
-    kw = {"method": method}
-    if "group_ratios" in fields:
-        kw.update(ratio=0.0, group_ratios={group: ratio})
-    else:
-        raise OrchestratorError(f"sampler.start auto: method {method!r} has no per-group ratio, so its groups "
-                                "cannot be measured one by one; list start points by hand")
+    kw = {"method": method, "ratio": 0.0, "group_ratios": {group: ratio}}
     if "finetune" in fields:
         kw["finetune"] = {"epochs": 0}
     return cls.model_validate(kw)
@@ -241,13 +263,24 @@ def _fmt(spec: tuple[str, int]) -> str:
     return f"{spec[0]}:{spec[1]}"
 
 
-def _all_plans(space, base) -> list[tuple[str, int]]:
-    out = set()
+def _clip(space) -> bool:
+    """Whether the start points' int weights use the least-squares clipped range (their first listed
+    `weight_scale`, else the space's `quantize.weight_scale`)."""
+    listed = space.params().get("weight_scale")
+    return (listed[0] if listed else space.quantize.weight_scale) == "mse"
+
+
+def _group_specs(space, base, groups: dict) -> dict[str, list[str]]:
+    """Per layer group, the weight precisions ("fmt:bits") some combination of the space gives its layers (the
+    first conv and the classifier keep their end bits: nothing else of theirs is measured)."""
+    used: dict[str, set] = {g: set() for g in groups}
+    group_of = {n: g for g, names in groups.items() for n in names}
     for w in _combos(space.params(), "weights"):
         q = _quant_config(space, w, {})
         if q is not None:
-            out.update(q.plan(base).values())
-    return sorted(out)
+            for n, spec in q.plan(base).items():
+                used[group_of[n]].add(_fmt(spec))
+    return {g: sorted(v) for g, v in used.items()}
 
 
 def _quant_config(space, weights: dict, acts: dict) -> QuantConfig | None:
@@ -348,11 +381,15 @@ def candidates(space, base: nn.Module, table: dict) -> dict:
         raise OrchestratorError(f"sampler.start auto: the space has {total:,} structure x precision combinations, "
                                 f"more than {MAX_COMBINATIONS:,} to cost; list fewer values or give start points")
     groups = layer_groups(base)
-    clip = space.quantize.weight_scale == "mse"
-    quants = {(i, j): _quant_config(space, w, a) for i, w in enumerate(weights) for j, a in enumerate(acts)}
-    w_plans = [quants[(i, 0)].plan(base) if quants[(i, 0)] is not None else None for i in range(len(weights))]
+    clip = _clip(space)
+    ok = set(_methods(space))
+    channel = space.dimensions.channels.method if space.dimensions.channels is not None else None
+    structures = [s for s in structures if s.get("method", "none") in ok
+                  and (not s.get("channel_ratio") or channel in ok)]  # no start point runs what cannot be measured
+    w_quants = [_quant_config(space, w, acts[0]) for w in weights]  # weight plans do not depend on activations
+    w_plans = [q.plan(base) if q is not None else None for q in w_quants]
     w_drop = np.array([_weights_drop(table, p, base, groups) for p in w_plans])
-    a_plans = [_act_plan(base, quants[(0, j)]) for j in range(len(acts))]
+    a_plans = [_act_plan(base, _quant_config(space, weights[0], a)) for a in acts]
     a_drop = np.array([_acts_drop(table, p, groups) for p in a_plans])
     specs = sorted({s for p in w_plans if p for s in p.values()})
     peak_cache: dict[str, list[int]] = {}
@@ -421,32 +458,72 @@ def predicted_front(c: dict, ceiling: float) -> np.ndarray:
     return np.array(out, dtype=int)
 
 
-def budgets(c: dict, front: np.ndarray, k: int, max_drop: float) -> list[float]:
-    """K footprint budgets, log-spaced from the smallest front point within `max_drop` up to the smallest
-    one predicted nearly lossless."""
+def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None) -> list[float]:
+    """K footprint budgets, log-spaced from the smallest front point within `max_drop` (or `lo`) up to the
+    smallest one predicted nearly lossless."""
     foot, drop = c["footprint"][front], c["drop"][front]
     ok = drop <= max_drop
-    if not ok.any():
-        return [float(foot[np.argmin(drop)])]
-    lo = foot[ok].min()
+    if lo is None:
+        if not ok.any():
+            return [float(foot[np.argmin(drop)])]
+        lo = foot[ok].min()
     lossless = drop <= NEARLY_LOSSLESS
-    hi = max(lo, foot[lossless].min() if lossless.any() else foot[ok].max())
+    hi = max(lo, foot[lossless].min() if lossless.any() else foot.max())
     return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
 
 
-def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1) -> list[int]:
+def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1,
+           key=None, reference: float | None = None) -> list[int]:
     """One candidate per budget: of the `per_budget` least predicted drops that fit it (the first is the
-    predicted front's point there), the best `screen` accuracy (built without training, measured) when given."""
-    picks: list[int] = []
+    predicted front's point there), the best `screen` accuracy (built without training, measured) when given.
+    `key(i)` names a candidate's pipeline: two that run the same pipeline are one point.
+
+    With a screen and the base's `reference` accuracy, the smallest budget is measured rather than predicted
+    (the additive prediction misses how pruning, low-bit weights and low-bit maps compound): a bisection over
+    the predicted front finds the smallest footprint whose best candidate keeps its screened drop within
+    `max_drop`."""
     foot, drop = c["footprint"], c["drop"]
-    for budget in budgets(c, front, k, max_drop):
-        window = np.nonzero(foot <= budget * (1 + 1e-9))[0]
-        window = window[~np.isin(window, picks)]
-        if not len(window):
-            continue
-        top = window[np.argsort(drop[window], kind="stable")[:per_budget]]
-        best = int(top[0]) if screen is None or len(top) == 1 else int(max(top, key=lambda i: screen(int(i))))
-        picks.append(best)
+    key = key or (lambda i: i)
+    order = np.argsort(drop, kind="stable")  # every candidate, least predicted drop first
+
+    def top(budget: float, taken: set) -> list[int]:
+        out, names = [], set()
+        for i in order[foot[order] <= budget * (1 + 1e-9)]:
+            name = key(int(i))
+            if name not in taken and name not in names:
+                out.append(int(i))
+                names.add(name)
+                if len(out) == per_budget:
+                    break
+        return out
+
+    def best(budget: float, taken: set) -> int | None:
+        cands = top(budget, taken)
+        if not cands:
+            return None
+        return cands[0] if screen is None or len(cands) == 1 else max(cands, key=screen)
+
+    lo = None
+    if screen is not None and reference is not None and per_budget > 1:
+        sizes = np.unique(foot[front])
+        a, b = 0, len(sizes) - 1  # invariant: sizes[b] passes (or nothing does), sizes[a - 1] fails
+        if screen(best(sizes[b], set())) < reference - max_drop:
+            lo = float(sizes[b])
+        else:
+            while a < b:
+                mid = (a + b) // 2
+                if screen(best(sizes[mid], set())) >= reference - max_drop:
+                    b = mid
+                else:
+                    a = mid + 1
+            lo = float(sizes[b])
+    picks: list[int] = []
+    taken: set = set()
+    for budget in budgets(c, front, k, max_drop, lo):
+        i = best(budget, taken)
+        if i is not None:
+            picks.append(i)
+            taken.add(key(i))
     return picks
 
 
@@ -479,9 +556,9 @@ def default_points(space) -> int:
 
 def cache_key(space, base_path, data_dir) -> str:
     st = Path(base_path).stat()
-    ident = {"base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
-             "data_dir": str(data_dir), "val_size": space.val_size,
-             "auto": space.sampler.auto.model_dump(exclude={"points", "max_drop"}),
+    ident = {"version": 2, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+             "data_dir": str(resolve_data_dir(data_dir).resolve()), "val_size": space.val_size,
+             "auto": space.sampler.auto.model_dump(include={"images", "bn_images"}),
              "quantize": space.quantize.model_dump()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -514,7 +591,9 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
 
     opts = space.sampler.auto
     with torch.no_grad():
-        picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen))
+        picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
+                       key=lambda i: json.dumps(space.pipeline(point(c, i)).model_dump(mode="json"), sort_keys=True),
+                       reference=table["baseline"])
     predicted = [{"params": point(c, i), "footprint_bits": int(c["footprint"][i]),
                   "predicted_drop": round(float(min(c["drop"][i], ceiling)), 4),
                   **({"screen_acc": screened[i]} if i in screened else {})} for i in picks]

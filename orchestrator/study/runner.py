@@ -22,7 +22,7 @@ from ..pipeline import run_pipeline
 from .mlview import write_view
 from .pareto import export_pareto, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
-from .space import SearchSpace
+from .space import SearchSpace, _listed
 from .tracking import PARENT_ATTR, Tracker
 
 HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
@@ -36,10 +36,14 @@ def _optuna():
     return optuna
 
 
-def storage_for(url: str):
-    """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error."""
+def storage_for(url: str, create: bool = True):
+    """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error. Without
+    `create` (commands that only read), a missing SQLite file is an error and nothing is created."""
     optuna = _optuna()
     if (file := sqlite_file(url)) is not None:
+        if not create and not file.is_file():
+            raise OrchestratorError(f"--storage {url}: no such study storage ({file} does not exist); nothing has "
+                                    "run there yet")
         file.parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
@@ -80,11 +84,12 @@ def _sampler(space: SearchSpace):
 
 
 def _startup(space: SearchSpace) -> int:
-    """Trials before a model-based sampler fits its model: the start points (at least 2, Optuna's minimum)."""
+    """Trials before a model-based sampler fits its model: the start points when there are some (at least 2,
+    so the first fit sees a comparison), else Optuna's default of 10 random ones."""
     from .autostart import default_points
 
-    auto = default_points(space) if space.sampler.start == "auto" else 0
-    return max(2, len(space.sampler.points) + auto)
+    n = len(space.sampler.points) + (default_points(space) if space.sampler.start == "auto" else 0)
+    return max(2, n) if n else 10
 
 
 def start_only(inner, values: dict[str, list], seed: int):
@@ -117,7 +122,8 @@ def per_trial_seed(inner, seed: int):
     before_trial = inner.before_trial
 
     def reseeded_before_trial(study, trial):  # on the instance: Optuna still sees `inner`'s own class
-        for k, obj in enumerate((inner, getattr(inner, "_random_sampler", None))):
+        for k, obj in enumerate((inner, getattr(inner, "_random_sampler", None),
+                                 getattr(inner, "_independent_sampler", None))):  # GP draws its start-up from this
             rng = getattr(obj, "_rng", None)
             if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
                 rng.rng.seed((seed * 1_000_003 + trial.number * 2 + k) % 2**32)
@@ -131,7 +137,9 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
     """The study (created when `create`); a new one gets its start points enqueued once: `start` (from
     `start_points`), else the space's hand-written ones. Each records how it was proposed (`proposed_by`)."""
     optuna = _optuna()
-    st = storage_for(storage)
+    if not create and (file := sqlite_file(storage)) is not None and not file.is_file():  # read-only: create nothing
+        raise OrchestratorError(f"no study named {space.name!r} in {storage} ({file} does not exist)")
+    st = storage_for(storage, create)
     if not create:
         try:
             return optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space))
@@ -150,6 +158,8 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
 
 
 def _started(space: SearchSpace, storage: str) -> bool:
+    if (file := sqlite_file(storage)) is not None and not file.is_file():
+        return False  # nothing to read, and nothing is created before the start points are known
     try:
         study = _optuna().load_study(study_name=space.name, storage=storage_for(storage))
     except KeyError:
@@ -168,7 +178,7 @@ def start_points(space: SearchSpace, storage: str = DEFAULT_STORAGE, data_dir=No
     if space.sampler.warm_start:
         out += [{"params": p, "proposed_by": f"warm-start:{space.sampler.warm_start}"}
                 for p in warm_points(space, storage)]
-    if space.sampler.start == "auto":
+    if space.sampler.start == "auto" and space.sampler.name != "grid":  # a grid runs every point anyway
         from .autostart import auto_start
 
         log = logging.getLogger("orchestrator.study")
@@ -184,21 +194,24 @@ def warm_points(space: SearchSpace, storage: str) -> list[dict]:
     that does not exist, or whose parameters this space cannot take, is one error naming what differs."""
     name = space.sampler.warm_start
     try:
-        source = _optuna().load_study(study_name=name, storage=storage_for(storage))
-    except KeyError:
+        source = _optuna().load_study(study_name=name, storage=storage_for(storage, create=False))
+    except (KeyError, OrchestratorError):
         raise OrchestratorError(f"sampler.warm_start: no study named {name!r} in {storage}") from None
     params = space.suggested()
-    points = [{k: r[k] for k in r if k in params} for r in rows(source) if r["pareto"]]
-    if not points:
+    front = [t for t in source.get_trials(deepcopy=False) if t.number in {r["trial"] for r in rows(source) if r["pareto"]}]
+    if not front:
         raise OrchestratorError(f"sampler.warm_start: study {name!r} has no feasible finished trial to start from")
+    points = [dict(t.params) for t in front]
     for p in points:
-        missing = [k for k in params if k not in p]
+        missing = [k for k in params if k not in p] or [k for k in p if k not in params]
         if missing:
-            raise OrchestratorError(f"sampler.warm_start: study {name!r} has no parameter {missing[0]!r}; its "
-                                    "dimensions differ from this space's")
+            raise OrchestratorError(f"sampler.warm_start: study {name!r} and this space differ in parameter "
+                                    f"{missing[0]!r}; a warm start needs the same dimensions")
         for k, v in p.items():
             choices = params[k]
-            inside = (choices.low <= v <= choices.high) if not isinstance(choices, list) else v in choices
+            inside = _listed(v, choices) if isinstance(choices, list) else choices.low <= v <= choices.high and (
+                choices.step is None or abs((v - choices.low) / choices.step - round((v - choices.low) / choices.step))
+                < 1e-6)
             if not inside:
                 raise OrchestratorError(f"sampler.warm_start: study {name!r} ran {k}={v!r}, outside this space's "
                                         f"{_shown_choices(choices)}")
@@ -315,8 +328,9 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         trial.set_user_attr("pipeline", pipeline.model_dump())
         same = same_pipeline(study, pipeline.model_dump())
         if same is not None:  # answered from its record: no budget, no run, no MLflow entry, no files
-            for k, v in same.user_attrs.items():
-                if k not in ("pipeline", "mlflow_run_id", "checkpoint", "export"):
+            for k, v in same.user_attrs.items():  # its results; how it was proposed and what it cost stay its own
+                if k not in ("pipeline", "mlflow_run_id", "checkpoint", "export", "timings", "proposed_by",
+                             "predicted_drop", "predicted_footprint_bits", "screen_acc"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("duplicate_of", same.number)
             for k, v in same.constraints.items():
@@ -331,7 +345,7 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         ckpt = out / f"trial{trial.number:04d}.pt"
         try:
             result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress,
-                                  cache_dir=out / "cache")
+                                  cache_dir=out / "cache", evaluate_steps=False)
         except Exception as exc:  # recorded as a failed trial with its reason; the study goes on
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)

@@ -10,6 +10,8 @@ act_bits) are the same strings in Optuna and MLflow; search_spaces/README.md lis
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -346,5 +348,14 @@ def _kind(value) -> str:
     return "bool" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else "str"
 
 
-def load_space(path) -> SearchSpace:
-    return SearchSpace.model_validate(read_mapping(path, "search space"))
+def load_space(path, base=None, name: str | None = None) -> SearchSpace:
+    """The space of a YAML file; `base` runs the same file on another checkpoint, as its own study (`name`,
+    default `<name>-<checkpoint stem>`, so the two never mix trials)."""
+    data = read_mapping(path, "search space")
+    if base is not None:
+        data["base"] = str(base)
+        if name is None and isinstance(data.get("name"), str):
+            name = f"{data['name']}-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(base).stem)}"
+    if name is not None:
+        data["name"] = name
+    return SearchSpace.model_validate(data)

@@ -129,8 +129,9 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
         for i, s in enumerate(result["steps"]):
-            batch += [Metric("step_eval_acc", float(s["eval_acc"]), now, i),
-                      Metric("step_footprint_bytes", s["total_bits"] / 8, now, i)]
+            batch += [Metric("step_footprint_bytes", s["total_bits"] / 8, now, i)]
+            if s.get("eval_acc") is not None:  # a study evaluates only the base and the last step
+                batch += [Metric("step_eval_acc", float(s["eval_acc"]), now, i)]
         self.client.log_batch(run_id, metrics=batch)
         if datasets:
             self.client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
