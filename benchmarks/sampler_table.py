@@ -52,6 +52,8 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samplers", default="nsga2,tpe,gp,random")
     p.add_argument("--floor", type=float, default=0.3, help="screen accuracy drop (fraction) that is feasible")
+    p.add_argument("--start", choices=["auto", "none"], default="auto",
+                   help="enqueue the automatic start points first (auto), or let each sampler start alone (none)")
     p.add_argument("--cache", default="runs/sampler_table")
     p.add_argument("--out", default=None, help="JSON of every trajectory")
     args = p.parse_args()
@@ -83,9 +85,10 @@ def main():
     table, runs = {}, {}
     for name in args.samplers.split(","):
         for seed in range(args.seeds):
-            s = space.model_copy(update={"sampler": space.sampler.model_copy(update={"name": name, "seed": seed})})
+            s = space.model_copy(update={"sampler": space.sampler.model_copy(
+                update={"name": name, "seed": seed, "start": args.start})})
             study = optuna.create_study(directions=["maximize", "minimize"], sampler=_sampler(s))
-            for point in plan["points"]:
+            for point in plan["points"] if args.start == "auto" else []:
                 study.enqueue_trial(point)
             curve = []
             t1 = time.perf_counter()
@@ -101,13 +104,15 @@ def main():
                 done = [t for t in study.trials if t.state.name == "COMPLETE"]
                 feas = [(t.values[0], math.log(t.values[1])) for t in done if all(v <= 0 for v in t.constraints.values())]
                 curve.append(hypervolume(feas, ref))
+            curve += [curve[-1]] * (10 - len(curve))  # fewer than 10 trials: the table's first column holds
             runs[f"{name}/{seed}"] = {"hv": curve, "seconds": time.perf_counter() - t1}
             print(f"{name} seed {seed}: HV@10 {curve[9]:.4f} @20 {curve[min(19, len(curve) - 1)]:.4f} "
                   f"@{len(curve)} {curve[-1]:.4f} ({time.perf_counter() - t1:.0f} s)", flush=True)
         table[name] = {n: [runs[f"{name}/{seed}"]["hv"][n - 1] for seed in range(args.seeds)]
                        for n in (10, 20, 30) if n <= args.trials}
+    first = f"{len(plan['points'])} auto start points first" if args.start == "auto" else "no start point"
     print(f"\nhypervolume of the feasible screen front (floor {100 * args.floor:g} points, log footprint), "
-          f"mean +- sd over {args.seeds} seeds, {len(plan['points'])} auto start points first:")
+          f"mean +- sd over {args.seeds} seeds, {first}:")
     print("| sampler | " + " | ".join(f"{n} trials" for n in table[next(iter(table))]) + " |")
     print("|---|" + "---:|" * len(table[next(iter(table))]))
     for name, cols in table.items():

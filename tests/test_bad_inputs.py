@@ -1,6 +1,7 @@
 """Bad inputs an operator or a new user gives: each ends in one `Error:` line naming the value or the
 file, before any work is spent, within seconds, and never as a traceback or a silent accept."""
 
+import json
 import time
 
 import pytest
@@ -34,6 +35,13 @@ def bad_files(base, tmp_path):
     header = zlib.compress(b"[1, 2, 3]")
     (tmp_path / "list.orcx").write_bytes(data[:5] + struct.pack("<I", len(header)) + header)
     out["list_header"] = tmp_path / "list.orcx"
+    head_len = struct.unpack("<I", data[5:9])[0]
+    fields = json.loads(zlib.decompress(data[9:9 + head_len]))
+    dense = next(t for t in fields["tensors"] if t[2] == 0)  # [fmt, bits, encoding (0: dense), index bits, nonzero, n]
+    dense[4] += 1
+    forged = zlib.compress(json.dumps(fields).encode())
+    (tmp_path / "count.orcx").write_bytes(data[:5] + struct.pack("<I", len(forged)) + forged + data[9 + head_len:])
+    out["count_header"] = tmp_path / "count.orcx"
     (tmp_path / "a_file").write_text("")
     out["file"] = tmp_path / "a_file"
     out["export"] = export
@@ -79,6 +87,9 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
     "pipeline with a misspelt key deep in a step": (["pipeline", "{pipeline}", "--base", "{base}", "--data-dir", "{data}"],
                                                     r"unknown key 'steps.0.prune.finetune.epochz'"),
     "export header not a mapping": (["footprint", "{list_header}"], r"list.orcx: corrupt export header"),
+    "export header with a wrong nonzero count": (["footprint", "{count_header}"],
+                                                 r"corrupt export: tensor \S+ holds [\d,]+ nonzero values, its header says"),
+    "import of a wrong nonzero count": (["import", "{count_header}", "{tmp}/back.pt"], r"its header says"),
     "study: unreachable MLflow": (["study", "run", "{space}", "--mlflow", "http://127.0.0.1:1", "--storage",
                                    "sqlite:///{tmp}/o.db", "--data-dir", "{data}"],
                                   r"--mlflow http://127.0.0.1:1: no MLflow server answers there"),

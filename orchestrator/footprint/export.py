@@ -259,6 +259,9 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         vals = _decode_values(streams["values"], n, fmt, bits)
     flat = torch.zeros(n, dtype=vals.dtype)
     flat[torch.from_numpy(positions)] = vals
+    if int(torch.count_nonzero(flat)) != e["nonzero"]:  # the header's count is what the footprint reads
+        raise CheckpointError(f"corrupt export: tensor {e['name']} holds {int(torch.count_nonzero(flat)):,} nonzero "
+                              f"values, its header says {e['nonzero']:,}")
     t = flat.reshape(e["shape"])
     module, attr = _resolve(model, e["name"])
     if e["kind"] == "bn":  # folded: y = x * scale + shift
