@@ -183,6 +183,10 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
             hit = cache.get(key, device) if cache else None
         if hit:
             model, record = hit
+            if evaluate_steps and record.get("eval_acc") is None:  # a study evaluates its last step only
+                with timer("evaluate"):
+                    record = {**record, "eval_acc": evaluate(model.to(device), eval_split, ckpt.normalization,
+                                                             device)["acc"]}
         else:
             model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
                                       act_bits, device, progress, timer, evaluate_steps or i == len(config.steps))
@@ -197,6 +201,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     if records[-1].get("eval_acc") is None:  # the last step came from the cache of a trial that went on
         with timer("evaluate"):
             records[-1] = {**records[-1], "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"]}
+        write_json(records_path, records)
     export_path = out.with_suffix(".orcx")
     with timer("export"):
         info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)

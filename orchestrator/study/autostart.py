@@ -3,8 +3,8 @@
 The first trials of a small study decide what it finds: NSGA-II's first generation is random, TPE's and
 GP's start-up trials too. Here they come from the base itself, in seconds to minutes instead of trials:
 
-1. *Sensitivity* (once per base, data and measurement settings; cached beside the study's step cache): for every layer group and every value
-   the space can give it, the validation-subset accuracy drop when only that group is pruned
+1. *Sensitivity* (once per base, data and measurement settings; cached beside the study's step cache):
+   for every layer group and every value the space can give it, the validation-subset accuracy drop when only that group is pruned
    (each listed method, over the ratio grid), only its weights are rounded (each weight precision) or
    only its input maps are quantized (each activation precision); BN statistics re-estimated after
    pruning and weight rounding, activation ranges calibrated. No training.
@@ -386,6 +386,10 @@ def candidates(space, base: nn.Module, table: dict) -> dict:
     channel = space.dimensions.channels.method if space.dimensions.channels is not None else None
     structures = [s for s in structures if s.get("method", "none") in ok
                   and (not s.get("channel_ratio") or channel in ok)]  # no start point runs what cannot be measured
+    if not structures:
+        raise OrchestratorError(f"sampler.start auto: every structure of the space uses a method that cannot be "
+                                f"measured group by group ({channel!r} removes channels in each); list a channel "
+                                "ratio of 0, or give start points by hand")
     w_quants = [_quant_config(space, w, acts[0]) for w in weights]  # weight plans do not depend on activations
     w_plans = [q.plan(base) if q is not None else None for q in w_quants]
     w_drop = np.array([_weights_drop(table, p, base, groups) for p in w_plans])

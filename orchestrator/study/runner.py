@@ -198,7 +198,8 @@ def warm_points(space: SearchSpace, storage: str) -> list[dict]:
     except (KeyError, OrchestratorError):
         raise OrchestratorError(f"sampler.warm_start: no study named {name!r} in {storage}") from None
     params = space.suggested()
-    front = [t for t in source.get_trials(deepcopy=False) if t.number in {r["trial"] for r in rows(source) if r["pareto"]}]
+    numbers = {r["trial"] for r in rows(source) if r["pareto"]}
+    front = [t for t in source.get_trials(deepcopy=False) if t.number in numbers]
     if not front:
         raise OrchestratorError(f"sampler.warm_start: study {name!r} has no feasible finished trial to start from")
     points = [dict(t.params) for t in front]
