@@ -4,10 +4,10 @@ The first trials of a small study decide what it finds: NSGA-II's first generati
 GP's start-up trials too. Here they come from the base itself, in seconds to minutes instead of trials:
 
 1. *Sensitivity* (once per base, data and measurement settings; cached beside the study's step cache):
-   for every layer group and every value the space can give it, the validation-subset accuracy drop when only that group is pruned
-   (each listed method, over the ratio grid), only its weights are rounded (each weight precision) or
-   only its input maps are quantized (each activation precision); BN statistics re-estimated after
-   pruning and weight rounding, activation ranges calibrated. No training.
+   for every layer group and every value the space can give it, the validation-subset accuracy drop
+   when only that group is pruned (each listed method, over the ratio grid), only its weights are
+   rounded (each weight precision) or only its input maps are quantized (each activation precision);
+   BN statistics re-estimated after pruning and weight rounding, activation ranges calibrated. No training.
 2. *Budget solve*: every combination of the space's structural, weight-precision and activation-precision
    values is costed exactly on the real zero-shot model (pruned by the trial's own prune steps, weights
    rounded per layer as the trial's quantize step plans them, activation peak from the liveness trace at
