@@ -63,7 +63,7 @@ def main():
     base.eval()
     train, val = split_validation(load_split(ckpt.dataset, "train", args.data_dir), space.val_size)
     opts = space.sampler.auto
-    probe = autostart.Probe(base, train, val, ckpt.normalization, opts.images, opts.bn_images, "cpu")
+    probe = autostart.Probe(train, val, ckpt.normalization, opts.images, opts.bn_images, "cpu")
     t0 = time.perf_counter()
     plan = autostart.auto_start(space, args.data_dir, args.cache)
     print(f"auto start: {len(plan['points'])} points in {time.perf_counter() - t0:.0f} s")

@@ -52,7 +52,7 @@ def main():
     base.eval()
     train, val = split_validation(load_split(ckpt.dataset, "train", args.data_dir), space.val_size)
     opts = space.sampler.auto
-    probe = autostart.Probe(base, train, val, ckpt.normalization, opts.images, opts.bn_images, "cpu")
+    probe = autostart.Probe(train, val, ckpt.normalization, opts.images, opts.bn_images, "cpu")
     rows = []
     for t in study.get_trials(deepcopy=False):
         if not ran(t):

@@ -185,7 +185,7 @@ def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DataError(f"{folder} is incomplete: missing {', '.join(missing)}")
-    stamp = tuple((f, (folder / f).stat().st_mtime_ns, (folder / f).stat().st_size) for f in files)
+    stamp = tuple((f, st.st_mtime_ns, st.st_size) for f in files for st in [(folder / f).stat()])
     key = (spec.name, split, str(folder.resolve()), stamp)
     if key in _SPLITS:  # every trial of a study reads the same files: decoded once per process (the tensors
         return replace(_SPLITS[key], notes=list(_SPLITS[key].notes))  # are shared: nobody writes into them)

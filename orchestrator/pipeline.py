@@ -179,17 +179,18 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         model = load_model(work / f"step{done}.pt", device)[0]
     for i, step in enumerate(config.steps[done:], start=done + 1):
         key = cache.key(config.steps[:i]) if cache else None
+        evaluated = evaluate_steps or i == len(config.steps)
         with timer("cache"):
             hit = cache.get(key, device) if cache else None
         if hit:
             model, record = hit
-            if evaluate_steps and record.get("eval_acc") is None:  # a study evaluates its last step only
+            if evaluated and record.get("eval_acc") is None:  # cached by a study, which evaluates its last step only
                 with timer("evaluate"):
                     record = {**record, "eval_acc": evaluate(model.to(device), eval_split, ckpt.normalization,
                                                              device)["acc"]}
         else:
             model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
-                                      act_bits, device, progress, timer, evaluate_steps or i == len(config.steps))
+                                      act_bits, device, progress, timer, evaluated)
             if cache:
                 with timer("cache"):
                     cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
@@ -197,10 +198,6 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
             save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
         model.to(device)
         records.append(record)
-        write_json(records_path, records)
-    if records[-1].get("eval_acc") is None:  # the last step came from the cache of a trial that went on
-        with timer("evaluate"):
-            records[-1] = {**records[-1], "eval_acc": evaluate(model, eval_split, ckpt.normalization, device)["acc"]}
         write_json(records_path, records)
     export_path = out.with_suffix(".orcx")
     with timer("export"):

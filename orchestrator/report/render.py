@@ -62,7 +62,7 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
                              for c in [d["profiles"].get("chosen")] if c])
                  + (_img(figs["memory"]) if "memory" in figs else ""))
     methods = _table(["method", "what it does"], [[m, t] for m, t in d["methods"].items()])
-    front_rows = [[r["trial"], r.get("proposed_by", "sampler"), r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]),
+    front_rows = [[r["trial"], r["proposed_by"], r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]),
                    _kb(r["footprint_bytes"]), f"{r['compression']:.1f}x", realized_line(r.get("realized"))]
                   for r in d["front"]]
     pareto = _img(figs["pareto"]) + _table(["trial", "proposed by", "configuration", "val", "test", "footprint",
@@ -136,7 +136,7 @@ def slides_html(d: dict, secs: list[tuple[str, str]]) -> str:
 
 def _numbers(d: dict) -> dict:
     """The numbers the pages show, machine-readable (tests compare them with the study)."""
-    return {"front": [{"trial": r["trial"], "proposed_by": r.get("proposed_by", "sampler"),
+    return {"front": [{"trial": r["trial"], "proposed_by": r["proposed_by"],
                        "val_acc": r["val_acc"], "test_acc": r["test_acc"],
                        "footprint_bytes": r["footprint_bytes"]} for r in d["front"]],
             "dense": d["dense"], "answer": [{"budget": a["budget"], "trial": a["trial"]["trial"] if a["trial"] else None}

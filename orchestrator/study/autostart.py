@@ -157,8 +157,8 @@ def _pruned(base: nn.Module, prunes: list) -> nn.Module:
 class Probe:
     """Accuracy of zero-shot variants of the base on a fixed validation subset (BN re-estimated)."""
 
-    def __init__(self, base: nn.Module, train, val, normalization: dict, images: int, bn_images: int, device):
-        self.base, self.normalization, self.device, self.bn_images = base, normalization, device, bn_images
+    def __init__(self, train, val, normalization: dict, images: int, bn_images: int, device):
+        self.normalization, self.device, self.bn_images = normalization, device, bn_images
         self.train = train
         n = min(images, len(val))
         self.val = type(val)(name=val.name, images=val.images[:n], labels=val.labels[:n], classes=val.classes)
@@ -171,7 +171,32 @@ class Probe:
         return evaluate(model, self.val, self.normalization, self.device)["acc"]
 
 
-def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None = None) -> dict:
+class Plans:
+    """Every weight and activation combination of the space with the per-layer plan the trial's quantize step
+    makes of it, derived once: the sensitivity measures what the plans use, the solve costs them."""
+
+    def __init__(self, space, base: nn.Module):
+        params = space.params()
+        self.weights, self.acts = _combos(params, "weights"), _combos(params, "acts")
+        quants = [_quant_config(space, w, self.acts[0]) for w in self.weights]  # weight plans ignore activations
+        self.weight_plans = [q.plan(base) if q is not None else None for q in quants]
+        self.act_plans = [_act_plan(base, _quant_config(space, self.weights[0], a)) for a in self.acts]
+
+    def group_specs(self, groups: dict) -> dict[str, list[str]]:
+        """Per layer group, the weight precisions ("fmt:bits") some plan gives its layers (the first conv and the
+        classifier keep their end bits: nothing else of theirs is measured)."""
+        group_of = {n: g for g, names in groups.items() for n in names}
+        used: dict[str, set] = {g: set() for g in groups}
+        for plan in filter(None, self.weight_plans):
+            for n, spec in plan.items():
+                used[group_of[n]].add(_fmt(spec))
+        return {g: sorted(v) for g, v in used.items()}
+
+    def act_values(self) -> list[int]:
+        return sorted({b for plan in filter(None, self.act_plans) for b in plan.values()})
+
+
+def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache: Path | None = None) -> dict:
     """{'baseline', 'prune': {method: {group: {ratio: drop}}}, 'weights': {group: {fmt:bits: drop}},
     'acts': {group: {bits: drop}}}: drops are fractions; filled incrementally into `cache` (resumable)."""
     params = space.params()
@@ -202,7 +227,7 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
                 row[str(r)] = 0.0 if same else base_acc - probe.accuracy(model)
                 save()
     clip = _clip(space)
-    used = _group_specs(space, base, groups)
+    used = plans.group_specs(groups)
     for g, names in groups.items():
         for fmt_bits in used[g]:
             row = table["weights"].setdefault(g, {})
@@ -216,12 +241,9 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, cache: Path | None =
                     quantize_weight_(layers[n], fmt, int(bits), clip=clip)
             row[fmt_bits] = base_acc - probe.accuracy(model)
             save()
-    first_weights = _combos(params, "weights")[0]
-    act_values = sorted({b for a in _combos(params, "acts")
-                         for b in (_act_plan(base, _quant_config(space, first_weights, a)) or {}).values()})
     first = next(iter(prunable_layers(base)))
     for g, names in groups.items():
-        for bits in act_values:
+        for bits in plans.act_values():
             row = table["acts"].setdefault(g, {})
             if str(bits) in row or names == [first]:
                 row.setdefault(str(bits), 0.0)  # the first conv reads the 8-bit image: nothing to quantize
@@ -268,19 +290,6 @@ def _clip(space) -> bool:
     `weight_scale`, else the space's `quantize.weight_scale`)."""
     listed = space.params().get("weight_scale")
     return (listed[0] if listed else space.quantize.weight_scale) == "mse"
-
-
-def _group_specs(space, base, groups: dict) -> dict[str, list[str]]:
-    """Per layer group, the weight precisions ("fmt:bits") some combination of the space gives its layers (the
-    first conv and the classifier keep their end bits: nothing else of theirs is measured)."""
-    used: dict[str, set] = {g: set() for g in groups}
-    group_of = {n: g for g, names in groups.items() for n in names}
-    for w in _combos(space.params(), "weights"):
-        q = _quant_config(space, w, {})
-        if q is not None:
-            for n, spec in q.plan(base).items():
-                used[group_of[n]].add(_fmt(spec))
-    return {g: sorted(v) for g, v in used.items()}
 
 
 def _quant_config(space, weights: dict, acts: dict) -> QuantConfig | None:
@@ -372,10 +381,10 @@ def _act_plan(model: nn.Module, q: QuantConfig | None) -> dict[str, int] | None:
     return {n: act.get(n, q.act_bits) for n in layers[1:]}
 
 
-def candidates(space, base: nn.Module, table: dict) -> dict:
+def candidates(space, base: nn.Module, table: dict, plans: Plans) -> dict:
     """Every combination costed: arrays `footprint` (bits), `drop` (predicted, fraction) and the params."""
     params = space.params()
-    structures, weights, acts = (_combos(params, k) for k in ("structure", "weights", "acts"))
+    structures, weights, acts = _combos(params, "structure"), plans.weights, plans.acts
     total = len(structures) * len(weights) * len(acts)
     if total > MAX_COMBINATIONS:
         raise OrchestratorError(f"sampler.start auto: the space has {total:,} structure x precision combinations, "
@@ -390,10 +399,8 @@ def candidates(space, base: nn.Module, table: dict) -> dict:
         raise OrchestratorError(f"sampler.start auto: every structure of the space uses a method that cannot be "
                                 f"measured group by group ({channel!r} removes channels in each); list a channel "
                                 "ratio of 0, or give start points by hand")
-    w_quants = [_quant_config(space, w, acts[0]) for w in weights]  # weight plans do not depend on activations
-    w_plans = [q.plan(base) if q is not None else None for q in w_quants]
+    w_plans, a_plans = plans.weight_plans, plans.act_plans
     w_drop = np.array([_weights_drop(table, p, base, groups) for p in w_plans])
-    a_plans = [_act_plan(base, _quant_config(space, weights[0], a)) for a in acts]
     a_drop = np.array([_acts_drop(table, p, groups) for p in a_plans])
     specs = sorted({s for p in w_plans if p for s in p.values()})
     peak_cache: dict[str, list[int]] = {}
@@ -578,12 +585,13 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
         raise OrchestratorError(f"sampler.auto.points={k} is more than budget.trials={space.budget.trials}: "
                                 "every start point is a trial")
     train, val = split_validation(load_split(ckpt.dataset, "train", data_dir), space.val_size)
-    probe = Probe(base, train, val, ckpt.normalization, space.sampler.auto.images, space.sampler.auto.bn_images,
+    probe = Probe(train, val, ckpt.normalization, space.sampler.auto.images, space.sampler.auto.bn_images,
                   device)
     cache = Path(cache_dir) / f"sensitivity-{cache_key(space, space.base, data_dir)}.json" if cache_dir else None
     with torch.no_grad():
-        table = sensitivity_table(space, base, probe, cache)
-        c = candidates(space, base.cpu(), table)
+        plans = Plans(space, base)
+        table = sensitivity_table(space, base, probe, plans, cache)
+        c = candidates(space, base.cpu(), table, plans)
     ceiling = table["baseline"] - 1.0 / ckpt.num_classes
     front = predicted_front(c, ceiling)
     screened: dict[int, float] = {}

@@ -36,14 +36,10 @@ def _optuna():
     return optuna
 
 
-def storage_for(url: str, create: bool = True):
-    """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error. Without
-    `create` (commands that only read), a missing SQLite file is an error and nothing is created."""
+def storage_for(url: str):
+    """An Optuna RDB storage with heartbeats; a bad URL or unreachable server is one clear error."""
     optuna = _optuna()
     if (file := sqlite_file(url)) is not None:
-        if not create and not file.is_file():
-            raise OrchestratorError(f"--storage {url}: no such study storage ({file} does not exist); nothing has "
-                                    "run there yet")
         file.parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
@@ -65,6 +61,12 @@ def storage_for(url: str, create: bool = True):
             time.sleep(0.5 + random.random())
     raise OrchestratorError(f"cannot open study storage {url!r}: {str(last).splitlines()[0][:200]}; "
                             "allowed: sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB") from None
+
+
+def _absent(storage: str) -> bool:
+    """An SQLite storage whose file does not exist: a command that only reads finds nothing there and must not
+    create it (Optuna would create the file and its schema)."""
+    return (file := sqlite_file(storage)) is not None and not file.is_file()
 
 
 def _sampler(space: SearchSpace):
@@ -137,9 +139,9 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
     """The study (created when `create`); a new one gets its start points enqueued once: `start` (from
     `start_points`), else the space's hand-written ones. Each records how it was proposed (`proposed_by`)."""
     optuna = _optuna()
-    if not create and (file := sqlite_file(storage)) is not None and not file.is_file():  # read-only: create nothing
-        raise OrchestratorError(f"no study named {space.name!r} in {storage} ({file} does not exist)")
-    st = storage_for(storage, create)
+    if not create and _absent(storage):
+        raise OrchestratorError(f"no study named {space.name!r} in {storage} ({sqlite_file(storage)} does not exist)")
+    st = storage_for(storage)
     if not create:
         try:
             return optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space))
@@ -158,7 +160,7 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
 
 
 def _started(space: SearchSpace, storage: str) -> bool:
-    if (file := sqlite_file(storage)) is not None and not file.is_file():
+    if _absent(storage):
         return False  # nothing to read, and nothing is created before the start points are known
     try:
         study = _optuna().load_study(study_name=space.name, storage=storage_for(storage))
@@ -194,8 +196,10 @@ def warm_points(space: SearchSpace, storage: str) -> list[dict]:
     that does not exist, or whose parameters this space cannot take, is one error naming what differs."""
     name = space.sampler.warm_start
     try:
-        source = _optuna().load_study(study_name=name, storage=storage_for(storage, create=False))
-    except (KeyError, OrchestratorError):
+        if _absent(storage):
+            raise KeyError(name)
+        source = _optuna().load_study(study_name=name, storage=storage_for(storage))
+    except KeyError:
         raise OrchestratorError(f"sampler.warm_start: no study named {name!r} in {storage}") from None
     params = space.suggested()
     numbers = {r["trial"] for r in rows(source) if r["pareto"]}
