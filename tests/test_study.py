@@ -173,7 +173,7 @@ def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_d
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [_worker(path, pg, server, cifar10_dir, in_tmp / f"w{i}", env) for i in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs
+    assert all(w.returncode == 0 for w in workers), [(w.returncode, o[-1500:]) for w, o in zip(workers, outputs)]
     assert all("trial " in o for o in outputs), outputs  # both workers ran trials
     st = open_study(load_space(path), pg, create=False)
     numbers = [t.number for t in st.trials]
@@ -188,6 +188,62 @@ def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_d
     assert sorted(int(r.data.tags["orchestrator.trial"]) for r in children) == sorted(t.number for t in complete)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and r.info.status == "FINISHED"
                for r in children)
+
+
+def _tag_at_once(server, experiment_id, barrier, results):
+    from orchestrator.study.tracking import _RaceSafe
+    import mlflow
+    client = _RaceSafe(mlflow.MlflowClient(server))
+    barrier.wait()
+    try:
+        client.set_experiment_tag(experiment_id, "k", "v")
+        results.put("ok")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def test_two_workers_writing_the_same_new_tag_at_once_both_succeed():
+    """Two workers writing one new experiment tag together: the server inserts it twice and refuses one
+    insert (a unique-key violation) in about half the tries without the retry."""
+    import multiprocessing
+    import os
+    import uuid
+    server = os.environ.get("ORCHESTRATOR_TEST_MLFLOW")
+    if not server:
+        pytest.skip("no MLflow server (source .ci/services.sh start to run this test)")
+    import mlflow
+    ctx, results = multiprocessing.get_context("spawn"), []
+    for _ in range(6):
+        exp = mlflow.MlflowClient(server).create_experiment(f"tag-race-{uuid.uuid4().hex[:8]}")
+        queue, barrier = ctx.Queue(), ctx.Barrier(2)
+        procs = [ctx.Process(target=_tag_at_once, args=(server, exp, barrier, queue)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        results += [queue.get(timeout=10) for _ in procs]
+    assert results == ["ok"] * 12, results
+
+
+def test_a_racing_tag_write_is_retried_and_any_other_error_is_not(monkeypatch):
+    from orchestrator.study import tracking
+    calls = []
+
+    class Store:
+        def set_tag(self, run_id, key, value):
+            calls.append(key)
+            if len(calls) == 1:
+                raise RuntimeError('(psycopg.errors.UniqueViolation) duplicate key value violates "tags_pk"')
+            if key == "bad":
+                raise RuntimeError("RESOURCE_DOES_NOT_EXIST: run 'r' not found")
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    client = tracking._RaceSafe(Store())
+    client.set_tag("r", "k", "v")
+    assert calls == ["k", "k"]
+    with pytest.raises(RuntimeError, match="not found"):
+        client.set_tag("r", "bad", "v")
+    assert calls == ["k", "k", "bad"]  # not retried
 
 
 def test_a_base_trained_on_the_validation_images_is_flagged(base, tmp_path):

@@ -40,6 +40,35 @@ def dataset_input(d: dict):
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", d["split"])])
 
 
+class _RaceSafe:
+    """An MlflowClient whose tag writes survive a worker writing the same new tag at the same moment: the
+    store inserts it twice and refuses the second insert (a unique-key violation, in PostgreSQL and SQLite
+    alike); written again, it is an update. Everything else is the client's own."""
+    RACED = ("duplicate key", "UniqueViolation", "UNIQUE constraint failed", "database is locked")
+    ATTEMPTS = 4
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def set_tag(self, *args, **kwargs):
+        return self._retried(self._client.set_tag, args, kwargs)
+
+    def set_experiment_tag(self, *args, **kwargs):
+        return self._retried(self._client.set_experiment_tag, args, kwargs)
+
+    def _retried(self, write, args, kwargs):
+        for attempt in range(self.ATTEMPTS):
+            try:
+                return write(*args, **kwargs)
+            except Exception as exc:
+                if attempt + 1 == self.ATTEMPTS or not any(s in str(exc) for s in self.RACED):
+                    raise
+                time.sleep(0.1 + random.random() * 0.3)
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None, experiment: str):
         import mlflow
@@ -51,7 +80,7 @@ class Tracker:
         attempts = SQLITE_ATTEMPTS if self.uri.startswith("sqlite:") else 1
         for attempt in range(attempts):
             try:
-                self.client = MlflowClient(self.uri)
+                self.client = _RaceSafe(MlflowClient(self.uri))
                 self.experiment_id = self._experiment(experiment)
                 # MLflow 3's UI opens GenAI pages for experiments of unknown kind; these are training runs
                 self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
@@ -173,16 +202,10 @@ class Tracker:
             for run in self.client.search_runs([self.experiment_id], f"attributes.run_id IN ({ids})",
                                                max_results=len(chunk)):
                 current[run.info.run_id] = run.data.tags.get("orchestrator.pareto")
-        from mlflow.exceptions import MlflowException
-
         for rid in all_ids:
             value = "true" if rid in run_ids else "false"
             if current.get(rid) != value:
-                try:
-                    self.client.set_tag(rid, "orchestrator.pareto", value)
-                except MlflowException:  # another worker wrote the tag at the same moment (SQLite store)
-                    time.sleep(0.2 + random.random() * 0.3)
-                    self.client.set_tag(rid, "orchestrator.pareto", value)
+                self.client.set_tag(rid, "orchestrator.pareto", value)
 
     def log_parent_files(self, parent: str, paths: list[Path], folder: str = "pareto") -> None:
         for p in paths:
