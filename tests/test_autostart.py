@@ -218,3 +218,55 @@ def test_the_shipped_space_runs_unedited_on_every_family(arch, tmp_path):
     space.check_base(model)  # raises on a group the model lacks
     assert set(_methods(space)) == {"global_magnitude", "l1_filter"}
     assert space.sampler.points == [] and space.sampler.start == "auto"  # no hand-written start point
+
+
+class _Done:  # a finished trial as the veto reads it
+    def __init__(self, number, screen_acc, total_bits, state="COMPLETE", **attrs):
+        self.number, self.state = number, type("S", (), {"name": state})()
+        self.user_attrs = {"screen_acc": screen_acc, "total_bits": total_bits, **attrs}
+
+
+def test_the_veto_rejects_a_proposal_beaten_on_screen_and_footprint_only(base, cifar10_dir, tmp_path):
+    space = _space(tmp_path, base)
+    space = space.model_copy(update={"sampler": space.sampler.model_copy(update={"veto": 2.0})})
+    veto = autostart.Veto(space, cifar10_dir)
+    params = {"method": "global_magnitude", "ratio": 0.6, "finetune_epochs": 0, "kd": False, "bits": 4,
+              "bits_stage1": 2, "act_bits": 8, "act_stage1": 4}
+    verdict = veto([], params)
+    acc, bits = verdict["screen_acc"], verdict["screen_footprint_bits"]
+    assert 0 <= acc <= 1 and bits > 0
+    beats = _Done(7, acc + 0.02, bits)  # exactly the margin higher, same footprint: dominated
+    assert veto([beats], params)["vetoed_by"] == 7
+    for other in (_Done(1, acc + 0.0199, bits), _Done(2, acc + 0.5, bits + 1), _Done(3, acc + 0.5, bits, "FAIL"),
+                  _Done(4, acc + 0.5, bits, duplicate_of=7)):  # short of the margin, larger, failed, a repeat
+        assert "vetoed_by" not in veto([other], params), other.number
+    assert veto([_Done(1, acc + 0.0199, bits), beats], params)["vetoed_by"] == 7
+
+
+def test_a_vetoed_proposal_trains_nothing_and_spends_no_budget(base, cifar10_dir, in_tmp):
+    """A margin of 0 vetoes every proposal that screens no better than a smaller finished trial; each one
+    vetoed is PRUNED with the trial that beat it, has no run, no files, and the budget is spent on others."""
+    from orchestrator.study.runner import finished
+
+    path = space_file(in_tmp, base, dimensions={"method": ["global_magnitude"], "ratio": [0.3, 0.45, 0.6, 0.75, 0.9],
+                                                "finetune_epochs": [0], "bits": [8, 6, 4], "act_bits": [32]},
+                      sampler={"name": "random", "veto": 0, "auto": {"images": 50, "bn_images": 32, "points": 1}},
+                      budget={"trials": 4})
+    storage = f"sqlite:///{in_tmp}/o.db"
+    r = run("study", "run", path, "--storage", storage, "--mlflow", f"sqlite:///{in_tmp}/m.db",
+            "--data-dir", cifar10_dir, "--quiet", "--out", in_tmp / "studies")
+    assert r.exit_code == 0, r.output
+    st = open_study(load_space(path), storage, create=False)
+    trials = st.get_trials(deepcopy=False)
+    vetoed = [t for t in trials if t.state.name == "PRUNED"]
+    assert vetoed, [(t.number, t.state.name, t.user_attrs.get("screen_acc")) for t in trials]
+    for t in vetoed:
+        by = trials[t.user_attrs["vetoed_by"]]
+        assert by.state.name == "COMPLETE" and by.number < t.number
+        assert by.user_attrs["total_bits"] <= t.user_attrs["screen_footprint_bits"]
+        assert by.user_attrs["screen_acc"] >= t.user_attrs["screen_acc"]
+        assert "mlflow_run_id" not in t.user_attrs and not (in_tmp / "studies" / "tiny" / f"trial{t.number:04d}.pt").exists()
+    assert finished(st) == 4 and "vetoed" in r.output
+    for t in trials:  # a proposal that ran measured the footprint its screen predicted
+        if t.state.name == "COMPLETE" and "screen_footprint_bits" in t.user_attrs and "duplicate_of" not in t.user_attrs:
+            assert t.user_attrs["total_bits"] == t.user_attrs["screen_footprint_bits"], t.number

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..data import load_split, resolve_data_dir, split_validation
 from ..errors import OrchestratorError
+from ..footprint import measure
 from ..footprint.activations import activation_report, trace
 from ..footprint.params import parameter_rows
 from ..models import layer_groups
@@ -556,6 +557,59 @@ def screen(space, base: nn.Module, params: dict, probe: Probe) -> float:
     return probe.accuracy(build(space, base, params, probe), recalibrate=False)
 
 
+class Screen:
+    """`screen` of any point of a space, with its base and probe loaded once: what the automatic start
+    measures its candidates with, and what a study's veto (`Veto`) measures each sampler proposal with, so
+    the two are comparable."""
+
+    def __init__(self, space, data_dir=None, device="cpu"):
+        from ..checkpoint import load_model
+
+        self.space = space
+        self.base, self.ckpt = load_model(space.base, device)
+        self.base.eval()
+        train, val = split_validation(load_split(self.ckpt.dataset, "train", data_dir), space.val_size)
+        opts = space.sampler.auto
+        self.probe = Probe(train, val, self.ckpt.normalization, opts.images, opts.bn_images, device)
+
+    def __call__(self, params: dict) -> float:
+        with torch.no_grad():
+            return screen(self.space, self.base, params, self.probe)
+
+    def with_footprint(self, params: dict) -> tuple[float, int]:
+        """(screened accuracy, total footprint bits of the built point: what the trial's model will measure)."""
+        with torch.no_grad():
+            model = build(self.space, self.base, params, self.probe)
+            acc = self.probe.accuracy(model, recalibrate=False)
+        return acc, measure(model.cpu(), act_bits=self.space.pipeline(params).act_bits).total_bits
+
+
+class Veto:
+    """Each sampler proposal screened before it trains (seconds): one that a finished, screened trial beats by
+    more than `sampler.veto` points at no larger footprint is predicted dominated and not trained (the screen
+    ranks fine-tuned accuracies with Spearman rho 0.95-0.98, docs/studies.md). The base loads on first use."""
+
+    def __init__(self, space, data_dir=None, device="cpu"):
+        self.space, self.where, self.screen = space, (data_dir, device), None
+        self.margin = space.sampler.veto / 100
+
+    def __call__(self, trials, params: dict) -> dict:
+        """{'screen_acc', 'screen_footprint_bits'[, 'vetoed_by': trial number]}; {} for a point with no
+        zero-shot form (a method that needs training to prune)."""
+        self.screen = self.screen or Screen(self.space, *self.where)
+        try:
+            acc, bits = self.screen.with_footprint(params)
+        except OrchestratorError:
+            return {}
+        out = {"screen_acc": acc, "screen_footprint_bits": bits}
+        for t in trials:
+            a = t.user_attrs
+            if (t.state.name == "COMPLETE" and "duplicate_of" not in a and "screen_acc" in a
+                    and a.get("total_bits", math.inf) <= bits and a["screen_acc"] >= acc + self.margin):
+                return {**out, "vetoed_by": t.number}
+        return out
+
+
 def point(c: dict, i: int) -> dict:
     s, w, a = c["index"][i]
     return {**c["fixed"], **c["structures"][s], **c["weights"][w], **c["acts"][a]}
@@ -576,17 +630,12 @@ def cache_key(space, base_path, data_dir) -> str:
 
 def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> dict:
     """The start points of `space` on its base: {'points': [params], 'predicted': [...], 'table': ...}."""
-    from ..checkpoint import load_model
-
-    base, ckpt = load_model(space.base, device)
-    base.eval()
     k = default_points(space)
     if k > space.budget.trials:
         raise OrchestratorError(f"sampler.auto.points={k} is more than budget.trials={space.budget.trials}: "
                                 "every start point is a trial")
-    train, val = split_validation(load_split(ckpt.dataset, "train", data_dir), space.val_size)
-    probe = Probe(train, val, ckpt.normalization, space.sampler.auto.images, space.sampler.auto.bn_images,
-                  device)
+    screener = Screen(space, data_dir, device)
+    base, ckpt, probe = screener.base, screener.ckpt, screener.probe
     cache = Path(cache_dir) / f"sensitivity-{cache_key(space, space.base, data_dir)}.json" if cache_dir else None
     with torch.no_grad():
         plans = Plans(space, base)
@@ -598,7 +647,7 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
 
     def measured(i: int) -> float:
         if i not in screened:
-            screened[i] = screen(space, base, point(c, i), probe)
+            screened[i] = screener(point(c, i))
         return screened[i]
 
     opts = space.sampler.auto

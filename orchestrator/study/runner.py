@@ -308,6 +308,9 @@ def publish(study, space: SearchSpace, tracker: Tracker, out_dir, footer: str = 
 
 def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets):
     """The trial loop of `run_study`: trials until the budget is spent, then the front tagged in MLflow."""
+    from .autostart import Veto
+
+    optuna = _optuna()
     out = Path(out_dir) / space.name
     log = logging.getLogger("orchestrator.study")
     warning = space.validation_warning()
@@ -317,6 +320,8 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
     def objective(trial):
         try:
             return run_trial(trial)
+        except optuna.TrialPruned:
+            raise
         except Exception as exc:  # recorded with its reason; counts against the budget unless environmental
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
@@ -343,6 +348,18 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
             log.info("trial %d repeats trial %d: answered from its record", trial.number, same.number)
             duplicates.append(trial.number)
             return list(same.values)
+        t0 = time.perf_counter()
+        if veto is not None and "proposed_by" not in trial.user_attrs:  # a sampler's proposal
+            verdict = veto(study.get_trials(deepcopy=False), dict(trial.params))
+            for k, v in verdict.items():
+                trial.set_user_attr(k, v)
+            if "vetoed_by" in verdict:
+                log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher at no "
+                         "larger footprint", trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"],
+                         space.sampler.veto)
+                vetoed.append(trial.number)
+                raise optuna.TrialPruned("predicted dominated by the screen")
+        screen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         run_id = tracker.start_trial(parent, space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -373,8 +390,8 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         try:
             t1 = time.perf_counter()
             tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
-            timings = {**result["timings"], "mlflow": mlflow_s + time.perf_counter() - t1}
-            trial.set_user_attr("timings", {**timings, "trial": time.perf_counter() - t0})
+            timings = {**result["timings"], "mlflow": mlflow_s + time.perf_counter() - t1, "screen": screen_s}
+            trial.set_user_attr("timings", {**timings, "trial": time.perf_counter() - t0 + screen_s})
         except Exception as exc:  # the run must not stay RUNNING: FAILED with the reason, like a failed pipeline
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             tracker.fail_trial(run_id, f"logging to MLflow failed: {type(exc).__name__}: {exc}")
@@ -384,29 +401,37 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
         return values
 
     def stop_at_budget(st, _trial):  # other workers share the study: stop once the budget is spent by anyone
-        if finished(st) >= target or len(duplicates) > max(10, space.budget.trials):
+        if finished(st) >= target or idle() > most_idle:
             st.stop()
 
-    duplicates: list[int] = []
+    duplicates: list[int] = []  # proposals answered from a finished trial's record
+    vetoed: list[int] = []  # proposals the screen predicted dominated
+    most_idle = max(10, space.budget.trials)  # proposals that ran nothing, before the study gives up
+
+    def idle() -> int:
+        return len(duplicates) + len(vetoed)
+
+    veto = Veto(space, data_dir, device) if space.sampler.veto is not None and space.sampler.name != "grid" else None
     stopped: list[str] = []
     minutes = space.budget.timeout_minutes
     deadline = time.monotonic() + minutes * 60 if minutes else None
     spent = finished(study)
     target = space.budget.trials if trials is None else min(space.budget.trials, spent + trials)
-    while finished(study) < target and len(duplicates) <= max(10, space.budget.trials):
+    while finished(study) < target and idle() <= most_idle:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             break
-        before, repeats = finished(study), len(duplicates)
+        before, repeats = finished(study), idle()
         study.optimize(objective, n_trials=target - before, timeout=left, catch=(Exception,),
                        callbacks=[stop_at_budget])
         if stopped:
             raise OrchestratorError(stopped[0].splitlines()[0][:600])
-        if finished(study) == before and len(duplicates) == repeats:
+        if finished(study) == before and idle() == repeats:
             break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
-    if finished(study) < target and len(duplicates) > max(10, space.budget.trials):
+    if finished(study) < target and idle() > most_idle:
         log.warning("study %s: stopped with %d of %d trials: the sampler keeps proposing finished configurations "
-                    "(%d repeats); the space looks exhausted", space.name, finished(study), target, len(duplicates))
+                    "(%d repeats) or ones the screen predicts dominated (%d vetoed); the space looks exhausted",
+                    space.name, finished(study), target, len(duplicates), len(vetoed))
     pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
     all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]

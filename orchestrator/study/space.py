@@ -131,6 +131,9 @@ class Sampler(BaseModel):
     auto: AutoStart = AutoStart()  # how `start: auto` measures and spreads its points
     warm_start: str | None = Field(None, min_length=1)  # a finished study (same storage, same parameters) whose
     # feasible front this study runs first, on purpose
+    veto: float | None = Field(1.0, ge=0, le=100)  # points of screened accuracy: a sampler proposal that a
+    # finished trial beats by more than this on the zero-shot screen, at no larger footprint, is predicted
+    # dominated and not trained (PRUNED, no budget spent); null: every proposal trains
 
     @property
     def points(self) -> list[dict]:
