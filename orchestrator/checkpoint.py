@@ -178,3 +178,14 @@ def load_model(path, device="cpu") -> tuple[nn.Module, Checkpoint]:
     """One call from a file to a runnable model (and the checkpoint that describes it)."""
     ckpt = load_checkpoint(path)
     return ckpt.build(device), ckpt
+
+
+def load_any(path) -> tuple[nn.Module, str, dict]:
+    """A model from a checkpoint or an export file, with its dataset and input normalization."""
+    from .footprint.export import is_export, load_export
+
+    if is_export(path):
+        model, header = load_export(path)
+        return model, header["dataset"], header["normalization"]
+    model, ckpt = load_model(path)
+    return model, ckpt.dataset, ckpt.normalization

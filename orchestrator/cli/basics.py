@@ -92,18 +92,6 @@ def models(num_classes):
     click.echo("Any ResNet depth 6n+2 works too (resnet8, resnet1202, ...). Counts: weights, biases, BN affine.")
 
 
-def _load_any(path):
-    """A model from a checkpoint or an export file, and its dataset/normalization."""
-    from ..checkpoint import load_model
-    from ..footprint.export import is_export, load_export
-
-    if is_export(path):
-        model, header = load_export(path)
-        return model, header["dataset"], header["normalization"]
-    model, ckpt = load_model(path)
-    return model, ckpt.dataset, ckpt.normalization
-
-
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per inference (>= 1).")
@@ -114,9 +102,10 @@ def _load_any(path):
 @_one_line_errors
 def footprint(path, batch, act_bits, as_json, layers):
     """Memory footprint of a checkpoint or export: parameter bits, peak activations, MACs."""
+    from ..checkpoint import load_any
     from ..footprint import format_report, measure
 
-    model, _, _ = _load_any(path)
+    model, _, _ = load_any(path)
     fp = measure(model, batch=batch, act_bits=act_bits)
     click.echo(fp.model_dump_json(indent=1) if as_json else format_report(fp, per_layer=layers))
 
@@ -127,13 +116,44 @@ def footprint(path, batch, act_bits, as_json, layers):
 @_one_line_errors
 def export_(checkpoint, out):
     """Write a checkpoint as a compact file (packed bits, sparse encodings) and compare with the accounting."""
+    from ..checkpoint import load_any
     from ..footprint.export import export
 
-    model, dataset, normalization = _load_any(checkpoint)
+    model, dataset, normalization = load_any(checkpoint)
     info = export(model, out, dataset=dataset, normalization=normalization)
     click.echo(f"{out}: {info['file_bytes']:,} bytes = payload {info['payload_bytes']:,} + header "
                f"{info['header_bytes']:,}; accounted parameters {info['accounted_bytes']:,.1f} bytes "
                f"(payload/accounted {info['payload_bytes'] / info['accounted_bytes']:.4f})")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--to", "runtime", default="executorch", show_default=True,
+              help="Runtime: executorch (a .pte program, XNNPACK delegate).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Program file (default: PATH with .pte).")
+@data_dir_option
+@click.option("--images", type=click.IntRange(min=1), default=None,
+              help="Test images the runtime is checked on (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_one_line_errors
+def deploy(path, runtime, out, data_dir, images, as_json):
+    """Run a model (.orcx or checkpoint) in a real runtime: its logits checked against the reference on the
+    test set, its planned activation memory set beside the liveness peak, its file beside the .orcx."""
+    from ..deploy import deploy as deploy_
+
+    r = deploy_(path, out, runtime, data_dir, images)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    click.echo(f"{r['pte']}: {r['pte_bytes']:,} bytes (source {r['source_bytes']:,} bytes, accounted parameters "
+               f"{r['accounted_param_bytes']:,.0f} bytes; the program holds fp32 weights)")
+    click.echo(f"test ({r['images']:,} images): runtime {100 * r['runtime_acc']:.2f}%, reference "
+               f"{100 * r['reference_acc']:.2f}%, argmax agreement {100 * r['argmax_agreement']:.2f}%, "
+               f"max logit difference {r['max_logit_diff']:.2e}")
+    click.echo(f"activations: planned by the runtime {r['planned_activation_bytes']:,} bytes, liveness peak at "
+               f"32 bits {r['liveness_peak_bytes_fp32']:,.0f} bytes (at the model's own bits "
+               f"{r['liveness_peak_bytes_own']:,.0f})")
+    click.echo(f"outside the XNNPACK delegate (portable kernels): {', '.join(r['portable_ops']) or 'nothing'}")
 
 
 @main.command("import")

@@ -1,0 +1,134 @@
+"""A compressed model in a runtime nobody here wrote: ExecuTorch (a `.pte` program, XNNPACK delegate).
+
+The model (an export file's reload, or a checkpoint's) is traced by `torch.export` at batch 1 and lowered with
+the XNNPACK partitioner. XNNPACK takes the convolutions (BN folded), ReLUs, adds, pooling and the classifier and
+runs them in fp32; what it does not take runs on ExecuTorch's portable kernels and is named in the result (the
+activation fake-quantization's round/clamp/where, the option-A shortcut's strided slice). The product's weight
+formats (1-8 bits per layer, sparse) have no XNNPACK kernel: their dequantized values are stored as fp32, so the
+`.pte` is the size of a dense fp32 model, set beside the `.orcx` and the accounted bytes.
+
+Checks, on the test set: the runtime's logits against the reference model's (max difference, argmax agreement,
+both accuracies); ExecuTorch's memory plan (the planned buffer of the activations) against this product's
+liveness peak at the runtime's own width, 32 bits per value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import OrchestratorError
+
+RUNTIMES = {"executorch": "deploy"}  # runtime -> the optional extra that installs it
+
+
+def _executorch():
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise OrchestratorError("--to executorch needs ExecuTorch: pip install -e '.[deploy]'") from None
+    return XnnpackPartitioner, to_edge_transform_and_lower, Runtime
+
+
+def _unlowerable(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The first leaf layer (in execution order) that torch.export cannot trace alone, with its input."""
+    inputs: dict[str, tuple] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, a))
+             for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    try:
+        model(example)
+    except Exception:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, args in inputs.items():
+        try:
+            torch.export.export(model.get_submodule(name), args)
+        except Exception:
+            return f"{name} ({type(model.get_submodule(name)).__name__})"
+    return None
+
+
+def _planned(program) -> int:
+    return int(sum(program.executorch_program.execution_plan[0].non_const_buffer_sizes))
+
+
+def lower(model: nn.Module) -> tuple[bytes, dict]:
+    """(the `.pte` program, what it planned) of `model` at batch 1: {'planned_activation_bytes': ExecuTorch's
+    memory plan of every intermediate tensor, from the same graph lowered without a delegate (XNNPACK keeps the
+    tensors inside a delegated run in a workspace of its own, outside the plan); 'delegate_planned_bytes': the
+    deployed program's plan (the tensors between delegated runs); 'portable_ops': what runs outside XNNPACK}."""
+    XnnpackPartitioner, to_edge_transform_and_lower, _ = _executorch()
+    model = model.eval()
+    example = torch.zeros(1, 3, 32, 32)
+    try:
+        program = torch.export.export(model, (example,))
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        portable = sorted({re.search(r"[\w.]+$", str(n.target).split(">")[0]).group(0)
+                           for n in edge.exported_program().graph.nodes
+                           if n.op == "call_function" and "delegate" not in str(n.target)
+                           and "getitem" not in str(n.target)})
+        pte = edge.to_executorch()
+        undelegated = to_edge_transform_and_lower(program).to_executorch()
+    except Exception as exc:
+        layer = _unlowerable(model, example)
+        where = f"layer {layer}" if layer else "the model"
+        raise OrchestratorError(f"cannot lower {where} to executorch: {type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0][:200]}") from None
+    return pte.buffer, {"planned_activation_bytes": _planned(undelegated), "delegate_planned_bytes": _planned(pte),
+                        "portable_ops": portable}
+
+
+@torch.no_grad()
+def compare(pte_path, model: nn.Module, split, normalization: dict) -> dict:
+    """The runtime's logits against `model`'s on `split`, one image at a time (the program's batch)."""
+    from .loader import DeviceLoader
+
+    _, _, Runtime = _executorch()
+    method = Runtime.get().load_program(str(pte_path)).load_method("forward")
+    model = model.eval()
+    diff, agree, right_rt, right_ref, n = 0.0, 0, 0, 0, 0
+    for x, y in DeviceLoader(split, 250, normalization["mean"], normalization["std"]):
+        ref = model(x)
+        got = torch.cat([method.execute([x[i:i + 1].contiguous()])[0] for i in range(len(x))])
+        diff = max(diff, (got - ref).abs().max().item())
+        agree += (got.argmax(1) == ref.argmax(1)).sum().item()
+        right_rt += (got.argmax(1) == y).sum().item()
+        right_ref += (ref.argmax(1) == y).sum().item()
+        n += len(y)
+    return {"images": n, "max_logit_diff": diff, "argmax_agreement": agree / n, "runtime_acc": right_rt / n,
+            "reference_acc": right_ref / n}
+
+
+def deploy(path, out=None, to: str = "executorch", data_dir=None, images: int | None = None) -> dict:
+    """Lower the model at `path` (.orcx or checkpoint) for `to`, write `out` (default: beside it, `.pte`) and
+    check it on the first `images` test images (all by default)."""
+    from .checkpoint import load_any
+    from .data import load_split
+    from .footprint import measure
+
+    if to not in RUNTIMES:
+        raise OrchestratorError(f"--to {to!r} is not a runtime this knows; allowed: {', '.join(RUNTIMES)}")
+    _executorch()
+    model, dataset, normalization = load_any(path)
+    out = Path(out) if out else Path(path).with_suffix(".pte")
+    buffer, lowered = lower(model)
+    out.write_bytes(buffer)
+    test = load_split(dataset, "test", data_dir)
+    if images is not None:
+        test = type(test)(name=test.name, images=test.images[:images], labels=test.labels[:images],
+                          classes=test.classes)
+    fp32, own = measure(model, act_bits=32), measure(model)
+    return {"pte": str(out), "pte_bytes": len(buffer), "source": str(path), "source_bytes": Path(path).stat().st_size,
+            "accounted_param_bytes": own.param_bits / 8, "liveness_peak_bytes_fp32": fp32.activation_peak_bits / 8,
+            "liveness_peak_bytes_own": own.activation_peak_bits / 8, **lowered,
+            **compare(out, model, test, normalization)}
+
+
+__all__ = ["RUNTIMES", "compare", "deploy", "lower"]

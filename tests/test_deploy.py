@@ -1,0 +1,79 @@
+"""A compressed model in ExecuTorch: the runtime's logits, memory plan and program file, and the bad inputs."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import one_line_error, run
+
+pytest.importorskip("executorch", reason="the [deploy] extra (ExecuTorch) is not installed")
+
+
+@pytest.fixture
+def quantized_export(base, cifar10_dir, tmp_path):
+    """The tiny base at 4-bit weights, 8-bit activations, then written as an .orcx."""
+    r = run("quantize", base, "--bits", 4, "--act-bits", 8, "--data-dir", cifar10_dir, "--val-size", 20,
+            "--out", tmp_path / "q.pt", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("export", tmp_path / "q.pt", tmp_path / "q.orcx")
+    assert r.exit_code == 0, r.output
+    return tmp_path / "q.orcx"
+
+
+def test_a_quantized_export_runs_in_executorch_like_its_reload(quantized_export, cifar10_dir, tmp_path):
+    r = run("deploy", quantized_export, "--data-dir", cifar10_dir, "--images", 20, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    pte = tmp_path / "q.pte"
+    assert d["pte"] == str(pte) and pte.stat().st_size == d["pte_bytes"] > 0
+    # XNNPACK sums in another order: a value on a rounding edge of an 8-bit map may move one level
+    assert d["images"] == 20 and d["argmax_agreement"] == 1.0 and d["max_logit_diff"] < 0.1
+    assert d["runtime_acc"] == d["reference_acc"]
+    # the fake quantization's round/clamp/where run as separate portable ops, each with its own fp32 temporary:
+    # the plan holds more than the liveness peak of the maps alone (docs/footprint.md)
+    assert d["planned_activation_bytes"] > d["liveness_peak_bytes_fp32"]
+    assert d["liveness_peak_bytes_own"] < d["liveness_peak_bytes_fp32"]  # 8-bit maps where quantized
+    assert "aten.round.default" in d["portable_ops"]  # the activation fake-quantization stays outside XNNPACK
+    assert d["pte_bytes"] > d["source_bytes"]  # fp32 weights in the program, packed 4-bit ones in the .orcx
+
+
+def test_a_float_checkpoint_runs_in_executorch_to_float_precision(base, cifar10_dir, tmp_path):
+    r = run("deploy", base, "--out", tmp_path / "f.pte", "--data-dir", cifar10_dir, "--images", 20, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["argmax_agreement"] == 1.0 and d["max_logit_diff"] < 1e-4 and (tmp_path / "f.pte").is_file()
+    assert d["liveness_peak_bytes_own"] == d["liveness_peak_bytes_fp32"]
+    # the runtime holds the same fp32 maps: its plan is the liveness peak, give or take alignment
+    assert abs(d["planned_activation_bytes"] / d["liveness_peak_bytes_fp32"] - 1) < 0.02
+
+
+def test_deploy_bad_inputs_are_one_line(quantized_export, cifar10_dir, monkeypatch):
+    one_line_error(run("deploy", quantized_export, "--to", "tflite"), r"--to 'tflite' .*allowed: executorch")
+    import builtins
+
+    real = builtins.__import__
+
+    def no_executorch(name, *a, **k):
+        if name.startswith("executorch"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_executorch)
+    one_line_error(run("deploy", quantized_export), r"needs ExecuTorch: pip install -e '\.\[deploy\]'")
+
+
+class _Branchy(nn.Module):  # data-dependent Python control flow: torch.export cannot trace it
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_a_layer_the_runtime_cannot_lower_is_named():
+    from orchestrator.deploy import lower
+    from orchestrator.errors import OrchestratorError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), _Branchy(), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(OrchestratorError, match=r"cannot lower layer 2 \(_Branchy\) to executorch"):
+        lower(model)
