@@ -147,7 +147,7 @@ def space_file(tmp_path, base, **over):
              "finetune": {"batch_size": 16},
              "dimensions": {"method": ["none", "global_magnitude", "l1_filter"], "ratio": [0.3, 0.6],
                             "finetune_epochs": [0], "bits": [32, 4], "act_bits": [32]},
-             "sampler": {"name": "random", "seed": 0}, "budget": {"trials": 4}}
+             "sampler": {"name": "random", "seed": 0, "veto": None}, "budget": {"trials": 4}}
     space.update(over)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))

@@ -287,7 +287,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
                                                    searched))
     try:
-        _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets)
+        TrialRunner(space, study, tracker, parent, data_dir, out_dir, device, progress, on_trial, datasets).run(trials)
     except BaseException as exc:
         tracker.client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -306,75 +306,152 @@ def publish(study, space: SearchSpace, tracker: Tracker, out_dir, footer: str = 
     return files
 
 
-def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, progress, on_trial, datasets):
-    """The trial loop of `run_study`: trials until the budget is spent, then the front tagged in MLflow."""
-    from .autostart import Veto
+class TrialRunner:
+    """One worker's trials of a study, until the budget is spent: each suggested pipeline run and recorded in
+    Optuna and MLflow; a repeat of a finished configuration answered from its record; a sampler proposal the
+    screen predicts dominated vetoed (`sampler.veto`); a failure recorded with its reason, and an
+    environmental one (disk, data, servers) stopping the study without spending budget."""
 
-    optuna = _optuna()
-    out = Path(out_dir) / space.name
-    log = logging.getLogger("orchestrator.study")
-    warning = space.validation_warning()
-    if warning:
-        log.warning("study %s: %s", space.name, warning)
+    OWN = ("pipeline", "mlflow_run_id", "checkpoint", "export", "timings", "proposed_by", "predicted_drop",
+           "predicted_footprint_bits", "screen_acc", "screen_footprint_bits")  # what a repeat does not copy
 
-    def objective(trial):
+    def __init__(self, space: SearchSpace, study, tracker: Tracker, parent: str, data_dir, out_dir, device,
+                 progress=False, on_trial=None, datasets=()):
+        from .autostart import Veto
+
+        self.space, self.study, self.tracker, self.parent = space, study, tracker, parent
+        self.data_dir, self.out, self.device = data_dir, Path(out_dir) / space.name, device
+        self.progress, self.on_trial, self.datasets = progress, on_trial, datasets
+        self.log = logging.getLogger("orchestrator.study")
+        self.duplicates: list[int] = []  # proposals answered from a finished trial's record
+        self.vetoed: list[int] = []  # proposals the screen predicted dominated
+        self.stopped: list[str] = []  # why an environmental failure stopped the study
+        self.most_idle = max(10, space.budget.trials)  # proposals that ran nothing, before the study gives up
+        self.target = space.budget.trials
+        vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
+        self.veto = Veto(space, data_dir, device) if vetoes else None
+
+    def idle(self) -> int:
+        return len(self.duplicates) + len(self.vetoed)
+
+    def run(self, trials: int | None = None) -> None:
+        """Trials until the budget's finished-trial count (or `trials` more, or the timeout); then the front
+        tagged in MLflow."""
+        study, space = self.study, self.space
+        warning = space.validation_warning()
+        if warning:
+            self.log.warning("study %s: %s", space.name, warning)
+        minutes = space.budget.timeout_minutes
+        deadline = time.monotonic() + minutes * 60 if minutes else None
+        if trials is not None:
+            self.target = min(space.budget.trials, finished(study) + trials)
+        while finished(study) < self.target and self.idle() <= self.most_idle:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            before, repeats = finished(study), self.idle()
+            study.optimize(self.objective, n_trials=self.target - before, timeout=left, catch=(Exception,),
+                           callbacks=[self.stop_at_budget])
+            if self.stopped:
+                raise OrchestratorError(self.stopped[0].splitlines()[0][:600])
+            if finished(study) == before and self.idle() == repeats:
+                break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
+        if finished(study) < self.target and self.idle() > self.most_idle:
+            self.log.warning("study %s: stopped with %d of %d trials: the sampler keeps proposing finished "
+                             "configurations (%d repeats) or ones the screen predicts dominated (%d vetoed); the "
+                             "space looks exhausted", space.name, finished(study), self.target,
+                             len(self.duplicates), len(self.vetoed))
+        pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
+        all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
+                   if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
+        self.tracker.tag_pareto(pareto_ids, all_ids)
+
+    def stop_at_budget(self, study, _trial) -> None:  # workers share the study: stop once anyone spent the budget
+        if finished(study) >= self.target or self.idle() > self.most_idle:
+            study.stop()
+
+    def objective(self, trial) -> list[float]:
         try:
-            return run_trial(trial)
-        except optuna.TrialPruned:
+            return self.run_trial(trial)
+        except _optuna().TrialPruned:
             raise
         except Exception as exc:  # recorded with its reason; counts against the budget unless environmental
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-                log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+                self.log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             if environmental(exc):
                 trial.set_user_attr("environmental", True)
-                stopped.append(f"trial {trial.number} failed for a reason outside its configuration, so the "
-                               f"study stops (no budget spent; fix it and run again): {type(exc).__name__}: {exc}")
-                study.stop()
+                self.stopped.append(f"trial {trial.number} failed for a reason outside its configuration, so the "
+                                    f"study stops (no budget spent; fix it and run again): {type(exc).__name__}: "
+                                    f"{exc}")
+                self.study.stop()
             raise
 
-    def run_trial(trial):
-        pipeline = space.suggest(trial)
+    def run_trial(self, trial) -> list[float]:
+        pipeline = self.space.suggest(trial)
         trial.set_user_attr("pipeline", pipeline.model_dump())
-        same = same_pipeline(study, pipeline.model_dump())
-        if same is not None:  # answered from its record: no budget, no run, no MLflow entry, no files
-            for k, v in same.user_attrs.items():  # its results; how it was proposed and what it cost stay its own
-                if k not in ("pipeline", "mlflow_run_id", "checkpoint", "export", "timings", "proposed_by",
-                             "predicted_drop", "predicted_footprint_bits", "screen_acc"):
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("duplicate_of", same.number)
-            for k, v in same.constraints.items():
-                trial.set_constraint(k, v)
-            log.info("trial %d repeats trial %d: answered from its record", trial.number, same.number)
-            duplicates.append(trial.number)
-            return list(same.values)
+        same = same_pipeline(self.study, pipeline.model_dump())
+        if same is not None:
+            return self.repeat(trial, same)
         t0 = time.perf_counter()
-        if veto is not None and "proposed_by" not in trial.user_attrs:  # a sampler's proposal
-            verdict = veto(study.get_trials(deepcopy=False), dict(trial.params))
-            for k, v in verdict.items():
-                trial.set_user_attr(k, v)
-            if "vetoed_by" in verdict:
-                log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher at no "
-                         "larger footprint", trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"],
-                         space.sampler.veto)
-                vetoed.append(trial.number)
-                raise optuna.TrialPruned("predicted dominated by the screen")
+        if self.veto is not None and "proposed_by" not in trial.user_attrs:  # a sampler's proposal
+            self.screen(trial)
         screen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run_id = tracker.start_trial(parent, space.name, trial.number, dict(trial.params))
+        run_id = self.tracker.start_trial(self.parent, self.space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
         mlflow_s = time.perf_counter() - t0
-        ckpt = out / f"trial{trial.number:04d}.pt"
+        ckpt = self.out / f"trial{trial.number:04d}.pt"
         try:
-            result = run_pipeline(pipeline, data_dir=data_dir, out=ckpt, device=device, progress=progress,
-                                  cache_dir=out / "cache", evaluate_steps=False)
+            result = run_pipeline(pipeline, data_dir=self.data_dir, out=ckpt, device=self.device,
+                                  progress=self.progress, cache_dir=self.out / "cache", evaluate_steps=False)
         except Exception as exc:  # recorded as a failed trial with its reason; the study goes on
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
-            tracker.fail_trial(run_id, reason + "\n" + traceback.format_exc()[-3000:])
-            log.warning("trial %d failed: %s", trial.number, reason)
+            self.tracker.fail_trial(run_id, reason + "\n" + traceback.format_exc()[-3000:])
+            self.log.warning("trial %d failed: %s", trial.number, reason)
             raise
-        values = objectives_of(space, result)
+        values = self.record(trial, result, ckpt)
+        try:
+            t1 = time.perf_counter()
+            self.tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), self.datasets)
+            timings = {**result["timings"], "mlflow": mlflow_s + time.perf_counter() - t1, "screen": screen_s}
+            trial.set_user_attr("timings", {**timings, "trial": time.perf_counter() - t0 + screen_s})
+        except Exception as exc:  # the run must not stay RUNNING: FAILED with the reason, like a failed pipeline
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            self.tracker.fail_trial(run_id, f"logging to MLflow failed: {type(exc).__name__}: {exc}")
+            raise
+        if self.on_trial:
+            self.on_trial(trial.number, trial.params, values)
+        return values
+
+    def repeat(self, trial, same) -> list[float]:
+        """A finished configuration proposed again: its record, no budget, no run, no MLflow entry, no files;
+        how it was proposed and what it cost stay the trial's own."""
+        for k, v in same.user_attrs.items():
+            if k not in self.OWN:
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("duplicate_of", same.number)
+        for k, v in same.constraints.items():
+            trial.set_constraint(k, v)
+        self.log.info("trial %d repeats trial %d: answered from its record", trial.number, same.number)
+        self.duplicates.append(trial.number)
+        return list(same.values)
+
+    def screen(self, trial) -> None:
+        """Record the proposal's screen; raise TrialPruned when a finished trial beats it (`Veto`)."""
+        verdict = self.veto(self.study.get_trials(deepcopy=False), dict(trial.params))
+        for k, v in verdict.items():
+            trial.set_user_attr(k, v)
+        if "vetoed_by" in verdict:
+            self.log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher at no "
+                          "larger footprint", trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"],
+                          self.space.sampler.veto)
+            self.vetoed.append(trial.number)
+            raise _optuna().TrialPruned("predicted dominated by the screen")
+
+    def record(self, trial, result: dict, ckpt: Path) -> list[float]:
+        """The finished pipeline's results on the trial (user attributes, the accuracy-floor constraint)."""
         f, base = result["final"], result["steps"][0]
         val = result["steps"][-1]["eval_acc"]
         attrs = {k: f[k] for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs",
@@ -384,58 +461,10 @@ def _optimize(space, study, tracker, parent, data_dir, out_dir, device, trials, 
                      export=result["export"])
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        constraint = constraint_of(space, val, base["eval_acc"])
+        constraint = constraint_of(self.space, val, base["eval_acc"])
         if constraint is not None:
             trial.set_constraint("accuracy_drop", constraint)
-        try:
-            t1 = time.perf_counter()
-            tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), datasets)
-            timings = {**result["timings"], "mlflow": mlflow_s + time.perf_counter() - t1, "screen": screen_s}
-            trial.set_user_attr("timings", {**timings, "trial": time.perf_counter() - t0 + screen_s})
-        except Exception as exc:  # the run must not stay RUNNING: FAILED with the reason, like a failed pipeline
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            tracker.fail_trial(run_id, f"logging to MLflow failed: {type(exc).__name__}: {exc}")
-            raise
-        if on_trial:
-            on_trial(trial.number, trial.params, values)
-        return values
-
-    def stop_at_budget(st, _trial):  # other workers share the study: stop once the budget is spent by anyone
-        if finished(st) >= target or idle() > most_idle:
-            st.stop()
-
-    duplicates: list[int] = []  # proposals answered from a finished trial's record
-    vetoed: list[int] = []  # proposals the screen predicted dominated
-    most_idle = max(10, space.budget.trials)  # proposals that ran nothing, before the study gives up
-
-    def idle() -> int:
-        return len(duplicates) + len(vetoed)
-
-    veto = Veto(space, data_dir, device) if space.sampler.veto is not None and space.sampler.name != "grid" else None
-    stopped: list[str] = []
-    minutes = space.budget.timeout_minutes
-    deadline = time.monotonic() + minutes * 60 if minutes else None
-    spent = finished(study)
-    target = space.budget.trials if trials is None else min(space.budget.trials, spent + trials)
-    while finished(study) < target and idle() <= most_idle:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            break
-        before, repeats = finished(study), idle()
-        study.optimize(objective, n_trials=target - before, timeout=left, catch=(Exception,),
-                       callbacks=[stop_at_budget])
-        if stopped:
-            raise OrchestratorError(stopped[0].splitlines()[0][:600])
-        if finished(study) == before and idle() == repeats:
-            break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
-    if finished(study) < target and idle() > most_idle:
-        log.warning("study %s: stopped with %d of %d trials: the sampler keeps proposing finished configurations "
-                    "(%d repeats) or ones the screen predicts dominated (%d vetoed); the space looks exhausted",
-                    space.name, finished(study), target, len(duplicates), len(vetoed))
-    pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
-    all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
-               if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
-    tracker.tag_pareto(pareto_ids, all_ids)
+        return objectives_of(self.space, result)
 
 
 def status(study) -> dict:
