@@ -75,6 +75,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def head(self, n: int) -> "Split":
+        """The first `n` images (all of them when there are fewer): a fixed subset to measure on."""
+        coarse = None if self.coarse_labels is None else self.coarse_labels[:n]
+        return Split(self.name, self.images[:n], self.labels[:n], self.classes, coarse, list(self.notes))
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -122,8 +122,7 @@ def deploy(path, out=None, to: str = "executorch", data_dir=None, images: int | 
     out.write_bytes(buffer)
     test = load_split(dataset, "test", data_dir)
     if images is not None:
-        test = type(test)(name=test.name, images=test.images[:images], labels=test.labels[:images],
-                          classes=test.classes)
+        test = test.head(images)
     fp32, own = measure(model, act_bits=32), measure(model)
     return {"pte": str(out), "pte_bytes": len(buffer), "source": str(path), "source_bytes": Path(path).stat().st_size,
             "accounted_param_bytes": own.param_bits / 8, "liveness_peak_bytes_fp32": fp32.activation_peak_bits / 8,

@@ -161,8 +161,7 @@ class Probe:
     def __init__(self, train, val, normalization: dict, images: int, bn_images: int, device):
         self.normalization, self.device, self.bn_images = normalization, device, bn_images
         self.train = train
-        n = min(images, len(val))
-        self.val = type(val)(name=val.name, images=val.images[:n], labels=val.labels[:n], classes=val.classes)
+        self.val = val.head(images)
         self.data = FinetuneData(train=train, normalization=normalization, device=str(device))
 
     def accuracy(self, model: nn.Module, recalibrate: bool = True) -> float:
