@@ -157,7 +157,10 @@ def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build, base=
 def _publish_options(kind: str):
     options = with_options([click.argument("space_file", type=click.Path(dir_okay=False)), storage_option,
                             mlflow_option, base_option, click.option("--out", "out_dir", default=None,
-                                                        help=f"Default: runs/studies/<name>/{kind}")])
+                                                        help=f"Default: runs/studies/<name>/{kind}"),
+                            click.option("--peers", "peers_file", default=None, type=click.Path(dir_okay=False),
+                                         help="Peer points measured on the same base (the JSON lines "
+                                              "benchmarks/peers.py writes), shown beside the front.")])
     return lambda fn: _one_line_errors(options(fn))
 
 
@@ -167,7 +170,7 @@ def _publish_options(kind: str):
               help="Also register a front model in the MLflow Model Registry under NAME (default model: the "
                    "smallest front model within 1 test point of the base).")
 @click.option("--trial", type=click.IntRange(min=0), default=None, help="With --register: this trial's model.")
-def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, register_as, trial):
+def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, peers_file, register_as, trial):
     """Write the Pareto front (PNG, interactive HTML, CSV, Markdown) and log it to the study's MLflow run."""
     from ..study.pareto import export_pareto, rows
 
@@ -179,7 +182,8 @@ def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, registe
         if register_as:  # pick before writing anything: a bad --trial fails first
             from ..study.mlmodel import pick_front_model
             picked["row"] = pick_front_model(rows(st), trial)
-        return export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}")
+        return export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}",
+                             peers_file=peers_file)
 
     files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", build, base, name)
     click.echo("\n".join(str(f) for f in files))
@@ -191,10 +195,10 @@ def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, registe
 
 @main.command("report")
 @_publish_options("report")
-def report(space_file, storage, tracking_uri, base, name, out_dir):
+def report(space_file, storage, tracking_uri, base, name, out_dir, peers_file):
     """Presentation material from a finished study: HTML report, offline slides, figures (PNG, SVG)."""
     from ..report import build_report
 
     files = _publish(space_file, storage, tracking_uri, out_dir, "report", lambda st, space, out, storage: build_report(
-        st, space, out, space_file=space_file, storage=storage)["files"], base, name)
+        st, space, out, space_file=space_file, storage=storage, peers_file=peers_file)["files"], base, name)
     click.echo(f"{files[0]}, {files[1]} ({len(files)} files)")

@@ -10,11 +10,15 @@ from .figures import all_figures
 from .render import _numbers, report_html, sections, slides_html
 
 
-def build_report(study, space, out_dir, *, space_file: str, storage: str) -> dict:
-    """Write report.html, slides.html, figures (PNG + SVG) and numbers.json under `out_dir`."""
+def build_report(study, space, out_dir, *, space_file: str, storage: str, peers_file=None) -> dict:
+    """Write report.html, slides.html, figures (PNG + SVG) and numbers.json under `out_dir`; `peers_file`:
+    peer points on the same base (`benchmarks/peers.py`), in the Pareto figure and a section of their own."""
+    from ..study.pareto import with_peers
+
+    d = collect(study, space)
+    d["peers"], d["peer_lines"] = with_peers(study, d["rows"], peers_file)  # checked before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    d = collect(study, space)
     figs = all_figures(d, out / "figures")
     secs = sections(d, figs, space_file, storage)
     (out / "report.html").write_text(report_html(d, secs))

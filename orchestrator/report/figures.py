@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..plots import _pyplot  # matplotlib itself is imported on the first figure
+from ..study.pareto import PEER_MARKERS, _by_tool
 
 
 def _save(fig, out: Path, name: str) -> dict:
@@ -36,14 +37,18 @@ def pareto(d: dict, out: Path) -> dict:
             label="Pareto front")
     ax.scatter([d["dense"]["total_bytes"]], [100 * d["dense"]["val_acc"]], marker="*", s=160, color="C3", zorder=5,
                label=f"dense {d['dense']['arch']}")
+    for i, (tool, ps) in enumerate(_by_tool(d.get("peers", [])).items()):
+        ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=30, facecolors="none",
+                   edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
     ax.set_xscale("log")
     ax.set(xlabel="total footprint: parameters + peak activations (bytes, log)", ylabel="validation accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     paths = _save(fig, out, "pareto")
+    peers = " and the peers' points on the same base (black outlines, one shape per tool)" if d.get("peers") else ""
     return {**paths, "caption": f"Every complete trial of study {d['study']} (grey), each method's best accuracy at "
-                                f"or below each footprint (lines), the Pareto front (blue) and the dense base model "
-                                f"(star). Footprint of the exported file; accuracy on the validation split."}
+                                f"or below each footprint (lines), the Pareto front (blue), the dense base model "
+                                f"(star){peers}. Footprint of the exported file; accuracy on the validation split."}
 
 
 def importances(d: dict, out: Path) -> dict | None:

@@ -94,9 +94,26 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
                   + html.escape(yaml.safe_dump(d["pipelines"][s["trial"]], sort_keys=False)) + "</pre></div>")
     answer = _table(["footprint budget", "best accuracy (selected on validation)", "trial"], answer_rows) + \
         f"<p><b>{html.escape(near)}</b></p>" + repro
-    return [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
-            ("The Pareto front", pareto), ("What mattered", mattered or "<p>Too few trials to say.</p>"),
-            ("The answer", answer)]
+    secs = [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
+            ("The Pareto front", pareto)]
+    if d.get("peers"):
+        secs.append(("The peers on the same base", peers_section(d)))
+    return secs + [("What mattered", mattered or "<p>Too few trials to say.</p>"), ("The answer", answer)]
+
+
+def peers_section(d: dict) -> str:
+    """The peers' points against the front: each one's sizes, accuracies, CPU minutes and dominating trial."""
+    base = d["dense"]["test_acc"]
+    rows = [[p["tool"], p["point"], _pct(p["val_acc"]), _pct(p["test_acc"]),
+             "" if base is None else f"{100 * (p['test_acc'] - base):+.2f}", _kb(p["footprint_bytes"]),
+             f"{p['compression']:.1f}x", f"{p['cpu_minutes']:.1f}",
+             "not dominated" if p["dominated_by"] is None else f"trial {p['dominated_by']}"] for p in d["peers"]]
+    wins = sum(p["dominated_by"] is None for p in d["peers"])
+    return (f"<p>{html.escape(d['peer_lines'][0])}</p>"
+            + _table(["tool", "point", "val", "test", "vs base (test)", "footprint", "smaller by", "CPU min",
+                      "dominated by"], rows)
+            + f"<p><b>{len(d['peers']) - wins} of {len(d['peers'])} peer points are dominated by the front"
+              f"{'' if not wins else f'; {wins} not'}.</b></p>")
 
 
 CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:.5em 0}"
@@ -139,5 +156,7 @@ def _numbers(d: dict) -> dict:
     return {"front": [{"trial": r["trial"], "proposed_by": r["proposed_by"],
                        "val_acc": r["val_acc"], "test_acc": r["test_acc"],
                        "footprint_bytes": r["footprint_bytes"]} for r in d["front"]],
+            "peers": [{k: p[k] for k in ("tool", "point", "val_acc", "test_acc", "footprint_bytes", "cpu_minutes",
+                                         "dominated_by")} for p in d.get("peers", [])],
             "dense": d["dense"], "answer": [{"budget": a["budget"], "trial": a["trial"]["trial"] if a["trial"] else None}
                                             for a in d["answer"]]}

@@ -99,7 +99,7 @@ COLUMNS = ["trial", "pareto", "feasible", "proposed_by", "label", "val_acc", "te
            "activation_peak_bytes", "macs", "compression", "mlflow_run_id"]
 
 
-def write_tables(data: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def write_tables(data: list[dict], out_dir: Path, peer_lines: list[str] = ()) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "pareto.csv", out_dir / "pareto.md"
     with open(csv_path, "w", newline="") as f:
@@ -113,11 +113,21 @@ def write_tables(data: list[dict], out_dir: Path) -> tuple[Path, Path]:
             lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
                          f"{r['footprint_bytes']:,.0f} | {r['param_bytes']:,.0f} | {r['activation_peak_bytes']:,.0f} | "
                          f"{r['compression']:.1f}x |")
-    md_path.write_text("\n".join(lines) + "\n")
+    md_path.write_text("\n".join([*lines, *([""] + list(peer_lines) if peer_lines else [])]) + "\n")
     return csv_path, md_path
 
 
-def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
+PEER_MARKERS = "sDP^vXh<>p"  # one marker shape per tool, in the order the tools first appear
+
+
+def _by_tool(peers: list[dict]) -> dict[str, list[dict]]:
+    out: dict = {}
+    for p in peers:
+        out.setdefault(p["tool"], []).append(p)
+    return out
+
+
+def plot_png(data: list[dict], path: Path, title: str, footer: str, peers: list[dict] = ()) -> Path:
     from ..plots import _pyplot, _save
 
     fig, ax = _pyplot().subplots(figsize=(7.5, 4.8))
@@ -138,6 +148,9 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
     for r in front:
         ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
+    for i, (tool, ps) in enumerate(_by_tool(list(peers)).items()):
+        ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=28, facecolors="none",
+                   edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
     if data:
         ax.scatter([data[0]["base_footprint_bytes"]], [100 * data[0]["base_val_acc"]], marker="*", s=120, color="C3",
                    label="dense base model", zorder=5)
@@ -149,7 +162,7 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str) -> Path:
     return _save(fig, path, footer)
 
 
-def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
+def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list[dict] = ()) -> Path:
     """The interactive page: a plotly scatter (zoom, hover, legend toggles; plotly.js embedded, so it works
     offline) of every trial, the front and each method's best-at-each-size staircase, then the front's table."""
     import plotly.graph_objects as go
@@ -177,6 +190,13 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
         fig.add_trace(go.Scatter(x=[x for x, _ in curve], y=[100 * y for _, y in curve], mode="lines",
                                  line=dict(shape="hv", width=1), opacity=0.7, hoverinfo="skip",
                                  name=f"{method}: best at each size", visible="legendonly"))
+    for tool, ps in _by_tool(list(peers)).items():
+        fig.add_trace(go.Scatter(
+            x=[p["footprint_bytes"] for p in ps], y=[100 * p["val_acc"] for p in ps], mode="markers",
+            name=f"peer: {tool}", marker=dict(symbol="diamond-open", size=10, color="#222"), hoverinfo="text",
+            hovertext=[f"{html.escape(tool)}: {html.escape(p['point'])}<br>val {100 * p['val_acc']:.2f}%, test "
+                       f"{100 * p['test_acc']:.2f}%<br>footprint {p['footprint_bytes']:,.0f} B, {p['cpu_minutes']:.1f} "
+                       f"CPU min" for p in ps]))
     if data:
         fig.add_trace(go.Scatter(x=[data[0]["base_footprint_bytes"]], y=[100 * data[0]["base_val_acc"]],
                                  mode="markers", marker=dict(symbol="star", size=14, color="#d62728"),
@@ -195,11 +215,25 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str) -> Path:
     return path
 
 
-def export_pareto(study, out_dir, footer: str) -> list[Path]:
+def export_pareto(study, out_dir, footer: str, peers_file=None) -> list[Path]:
+    """`peers_file`: peer points on the same base (`benchmarks/peers.py`), put in the same table and plots."""
     out_dir = Path(out_dir)
     data = rows(study)
-    csv_path, md_path = write_tables(data, out_dir)
+    peers, peer_lines = with_peers(study, data, peers_file)
+    csv_path, md_path = write_tables(data, out_dir, peer_lines)
     title = f"study {study.study_name}: accuracy vs memory footprint ({len(data)} trials)"
-    png = plot_png(data, out_dir / "pareto.png", title, footer)
-    page = plot_html(data, out_dir / "pareto.html", title, footer)
+    png = plot_png(data, out_dir / "pareto.png", title, footer, peers)
+    page = plot_html(data, out_dir / "pareto.html", title, footer, peers)
     return [csv_path, md_path, png, page]
+
+
+def with_peers(study, data: list[dict], peers_file) -> tuple[list[dict], list[str]]:
+    """The peers of `peers_file` checked against the study's base, each with its dominating front trial, and
+    their Markdown rows; nothing without a file."""
+    if peers_file is None or not data:
+        return [], []
+    from .peers import compare, load_peers, markdown, study_minutes
+
+    peers = compare(load_peers(peers_file, data[0]["base_footprint_bytes"], data[0]["base_test_acc"]),
+                    [r for r in data if r["pareto"]])
+    return peers, markdown(peers, data[0]["base_test_acc"], study_minutes(study))
