@@ -54,8 +54,6 @@ def tp_prune(model: nn.Module, ratio: float, importance: str) -> nn.Module:
 
     imp = {"group_norm": tp.importance.GroupMagnitudeImportance(p=2),
            "lamp": tp.importance.LAMPImportance(p=2)}[importance]
-    for p in model.parameters():  # a copy of the KD teacher comes frozen; the pruner traces the autograd graph
-        p.requires_grad_(True)
     stream = [model.conv1, model.linear] + [b.conv2 for stage in (model.layer1, model.layer2, model.layer3)
                                             for b in stage]
     pruner = tp.pruner.BasePruner(model, torch.zeros(1, 3, 32, 32), importance=imp, pruning_ratio=ratio,
@@ -130,7 +128,10 @@ def main():
         if {point, f"{point}+nncf-int8"} <= done:
             return
         t0 = time.perf_counter()
-        model = make(copy.deepcopy(base))
+        model = copy.deepcopy(base)
+        for p in model.parameters():  # the base is every fine-tune's KD teacher, which freezes it: a copy comes
+            p.requires_grad_(True)  # frozen, trains nothing and leaves Torch-Pruning's traced graph empty
+        model = make(model)
         finetune(model, cfg, FinetuneData(train=train, val=val, normalization=norm, teacher=base,
                                           eval_each_epoch=False), point)
         finalize_(model)

@@ -77,3 +77,37 @@ def test_a_layer_the_runtime_cannot_lower_is_named():
     model(torch.zeros(1, 3, 32, 32))
     with pytest.raises(OrchestratorError, match=r"cannot lower layer 2 \(_Branchy\) to executorch"):
         lower(model)
+
+
+def test_deploy_logs_the_program_and_its_checks_to_the_run_that_exported_the_file(quantized_export, cifar10_dir,
+                                                                                  tmp_path):
+    import mlflow
+
+    from orchestrator.study.tracking import EXPORT_TAG, file_sha256
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "art"))
+    other = client.create_run(exp, tags={EXPORT_TAG: "0" * 64}).info.run_id
+    trial = client.create_run(exp, tags={EXPORT_TAG: file_sha256(quantized_export)}).info.run_id  # as a study tags it
+    r = run("deploy", quantized_export, "--data-dir", cifar10_dir, "--images", 10, "--mlflow", uri, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["mlflow_run_id"] == trial
+    assert [a.path for a in client.list_artifacts(trial, "deploy/executorch")] == [
+        "deploy/executorch/q.pte", "deploy/executorch/result.json"]
+    metrics = client.get_run(trial).data.metrics
+    assert metrics["deploy_executorch_runtime_acc"] == d["runtime_acc"]
+    assert metrics["deploy_executorch_pte_bytes"] == d["pte_bytes"] == (tmp_path / "q.pte").stat().st_size
+    assert not client.list_artifacts(other)
+    # a named run; bad runs and files no run logged fail before the program is built
+    r = run("deploy", quantized_export, "--data-dir", cifar10_dir, "--images", 5, "--mlflow", uri,
+            "--mlflow-run", other, "--out", tmp_path / "o.pte")
+    assert r.exit_code == 0 and f"logged to MLflow run {other}" in r.output
+    one_line_error(run("deploy", quantized_export, "--mlflow", uri, "--mlflow-run", "nope", "--out", tmp_path / "x.pte"),
+                   "cannot use MLflow run 'nope'")
+    client.set_tag(trial, EXPORT_TAG, "1" * 64)
+    one_line_error(run("deploy", quantized_export, "--mlflow", uri, "--out", tmp_path / "x.pte"),
+                   r"no MLflow run at .* logged .*q\.orcx")
+    one_line_error(run("deploy", quantized_export, "--mlflow-run", trial), "give --mlflow URI too")
+    assert not (tmp_path / "x.pte").exists()

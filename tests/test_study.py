@@ -42,6 +42,10 @@ def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in
     arts = [a.path for a in client.list_artifacts(trials[0].info.run_id)]
     assert "record.json" in arts and any(a.endswith(".orcx") for a in arts) and any(a.endswith(".pt") for a in arts)
     assert "footprint.txt" in arts  # the per-layer table
+    from orchestrator.study.tracking import EXPORT_TAG, file_sha256  # `deploy --mlflow` finds a trial's run by it
+    for x in trials:
+        export = in_tmp / "studies" / "tiny" / f"trial{int(x.data.tags['orchestrator.trial']):04d}.orcx"
+        assert x.data.tags[EXPORT_TAG] == file_sha256(export)
     fp = mlflow.artifacts.load_dict(f"{trials[0].info.artifact_uri}/footprint.json")
     assert fp["total_bits"] / 8 == trials[0].data.metrics["footprint_bytes"] and len(fp["tensors"]) > 3
     # a second run with the same name resumes: the budget is spent, nothing is redone

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from ..errors import OrchestratorError
 from .common import _device, _one_line_errors, data_dir_option, device_option, main
 
 
@@ -135,13 +137,28 @@ def export_(checkpoint, out):
 @click.option("--images", type=click.IntRange(min=1), default=None,
               help="Test images the runtime is checked on (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--mlflow", "tracking_uri", default=None, metavar="URI",
+              help="Log the program and its checks to the MLflow run of the study trial that exported PATH "
+                   "(found by the file's hash) at this tracking URI ('default': MLflow's own).")
+@click.option("--mlflow-run", "run_id", default=None, help="With --mlflow: log to this run instead.")
 @_one_line_errors
-def deploy(path, runtime, out, data_dir, images, as_json):
+def deploy(path, runtime, out, data_dir, images, as_json, tracking_uri, run_id):
     """Run a model (.orcx or checkpoint) in a real runtime: its logits checked against the reference on the
     test set, its planned activation memory set beside the liveness peak, its file beside the .orcx."""
     from ..deploy import deploy as deploy_
 
+    if run_id and not tracking_uri:
+        raise OrchestratorError("--mlflow-run names a run of an MLflow store: give --mlflow URI too")
+    if tracking_uri:  # the run is found before minutes of lowering and checking
+        from ..study.tracking import log_deployment, run_of_export
+
+        if not Path(path).is_file():
+            raise OrchestratorError(f"{path}: no such file")
+        client, run_id = run_of_export(None if tracking_uri == "default" else tracking_uri, path, run_id)
     r = deploy_(path, out, runtime, data_dir, images)
+    if tracking_uri:
+        log_deployment(client, run_id, r, runtime)
+        r["mlflow_run_id"] = run_id
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
@@ -154,6 +171,8 @@ def deploy(path, runtime, out, data_dir, images, as_json):
                f"32 bits {r['liveness_peak_bytes_fp32']:,.0f} bytes (at the model's own bits "
                f"{r['liveness_peak_bytes_own']:,.0f})")
     click.echo(f"outside the XNNPACK delegate (portable kernels): {', '.join(r['portable_ops']) or 'nothing'}")
+    if tracking_uri:
+        click.echo(f"logged to MLflow run {run_id} (deploy/{runtime}/)")
 
 
 @main.command("import")

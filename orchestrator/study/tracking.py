@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import OrchestratorError
 
 PARENT_ATTR = "mlflow_parent_run_id"
+EXPORT_TAG = "orchestrator.export_sha256"  # a trial run's exported file: `deploy --mlflow` finds the run by it
 SQLITE_ATTEMPTS = 5  # tries to open a local SQLite store that another worker may be creating
 
 
@@ -67,6 +68,51 @@ class _RaceSafe:
                 if attempt + 1 == self.ATTEMPTS or not any(s in str(exc) for s in self.RACED):
                     raise
                 time.sleep(0.1 + random.random() * 0.3)
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_of_export(tracking_uri: str | None, export, run_id: str | None = None) -> tuple:
+    """(client, run id) of the study trial whose run logged `export` (found by its hash), or of `run_id`;
+    one-line errors for an unreachable store, an unknown run, or a file no run logged."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        client = MlflowClient(uri)
+        if run_id:
+            return client, client.get_run(run_id).info.run_id
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, f"tags.`{EXPORT_TAG}` = '{file_sha256(export)}'", max_results=1) if ids else []
+    except Exception as exc:
+        what = f"run {run_id!r}" if run_id else f"tracking URI {uri!r}"
+        raise OrchestratorError(f"cannot use MLflow {what}: {str(exc).strip().splitlines()[0][:200]}") from None
+    if not runs:
+        raise OrchestratorError(f"no MLflow run at {uri!r} logged {export} (a study trial's export); name the run "
+                                f"with --mlflow-run RUN_ID")
+    return client, runs[0].info.run_id
+
+
+def log_deployment(client, run_id: str, result: dict, runtime: str) -> None:
+    """The runtime program and its checks into `run_id`: the file and the result under deploy/<runtime>/,
+    the checks as metrics named deploy_<runtime>_<check>."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    checks = ("runtime_acc", "reference_acc", "argmax_agreement", "max_logit_diff", "planned_activation_bytes",
+              "pte_bytes", "images")
+    client.log_batch(run_id, metrics=[Metric(f"deploy_{runtime}_{k}", float(result[k]), now, 0) for k in checks])
+    client.log_artifact(run_id, result["pte"], f"deploy/{runtime}")
+    client.log_dict(run_id, result, f"deploy/{runtime}/result.json")
 
 
 class Tracker:
@@ -142,7 +188,7 @@ class Tracker:
         import shutil
         import tempfile
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         from ..footprint import format_report, measure
         from ..footprint.export import load_export
@@ -161,7 +207,7 @@ class Tracker:
             batch += [Metric("step_footprint_bytes", s["total_bits"] / 8, now, i)]
             if s.get("eval_acc") is not None:  # a study evaluates only the base and the last step
                 batch += [Metric("step_eval_acc", float(s["eval_acc"]), now, i)]
-        self.client.log_batch(run_id, metrics=batch)
+        self.client.log_batch(run_id, metrics=batch, tags=[RunTag(EXPORT_TAG, file_sha256(export))])
         if datasets:
             self.client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
         # the footprint of the exported model: its own activation bits when quantized
