@@ -111,3 +111,32 @@ def test_deploy_logs_the_program_and_its_checks_to_the_run_that_exported_the_fil
                    r"no MLflow run at .* logged .*q\.orcx")
     one_line_error(run("deploy", quantized_export, "--mlflow-run", trial), "give --mlflow URI too")
     assert not (tmp_path / "x.pte").exists()
+
+
+def test_int8_runs_the_integer_layers_in_int8_kernels_and_keeps_a_float_format_layer_float(base, quantized_export,
+                                                                                             cifar10_dir, tmp_path):
+    from orchestrator.checkpoint import load_model
+    from orchestrator.data import load_split
+    from orchestrator.deploy import _int8_graph, int8_layers
+    from orchestrator.qformat import quantize_weight_
+
+    model, ckpt = load_model(base)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for n in layers:
+        quantize_weight_(model.get_submodule(n), "fp16" if n == layers[2] else "int", 4)
+    assert int8_layers(model) == [n for n in layers if n != layers[2]]
+    graph = _int8_graph(model, load_split("cifar10", "train", cifar10_dir).head(16), ckpt.normalization)
+    per_channel = [n for n in graph.graph.nodes if "dequantize_per_channel" in str(n.target)]
+    assert len(per_channel) == len(layers) - 1  # one int8 weight per integer layer, none for the fp16 one
+    r = run("deploy", quantized_export, "--out", tmp_path / "f.pte", "--data-dir", cifar10_dir, "--images", 10, "--json")
+    fp32 = json.loads(r.output[r.output.index("{"):])
+    r = run("deploy", quantized_export, "--int8", "--calibration-images", 32, "--out", tmp_path / "i.pte",
+            "--data-dir", cifar10_dir, "--images", 10, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    params = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    assert d["float_layers"] == [] and len(d["int8_layers"]) == len(layers) and d["runtime_activation_bits"] == 8
+    assert fp32["pte_bytes"] - d["pte_bytes"] > 2.5 * params  # 1 byte per weight in the program, not 4
+    assert d["planned_activation_bytes"] is None and d["liveness_peak_bytes_int8"] == fp32["liveness_peak_bytes_fp32"] / 4
+    one_line_error(run("deploy", base, "--int8", "--data-dir", cifar10_dir, "--out", tmp_path / "x.pte"),
+                   "--int8: no layer has integer weights of 8 bits or fewer")

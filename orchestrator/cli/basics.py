@@ -136,13 +136,18 @@ def export_(checkpoint, out):
 @data_dir_option
 @click.option("--images", type=click.IntRange(min=1), default=None,
               help="Test images the runtime is checked on (default: all).")
+@click.option("--int8", is_flag=True,
+              help="Run the layers with integer weights of <= 8 bits in XNNPACK's int8 kernels (activations int8 at "
+                   "ranges XNNPACK's quantizer calibrates); default: every layer in fp32, the .orcx's exact values.")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="With --int8: training images the activation ranges are calibrated on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--mlflow", "tracking_uri", default=None, metavar="URI",
               help="Log the program and its checks to the MLflow run of the study trial that exported PATH "
                    "(found by the file's hash) at this tracking URI ('default': MLflow's own).")
 @click.option("--mlflow-run", "run_id", default=None, help="With --mlflow: log to this run instead.")
 @_one_line_errors
-def deploy(path, runtime, out, data_dir, images, as_json, tracking_uri, run_id):
+def deploy(path, runtime, out, data_dir, images, int8, calibration_images, as_json, tracking_uri, run_id):
     """Run a model (.orcx or checkpoint) in a real runtime: its logits checked against the reference on the
     test set, its planned activation memory set beside the liveness peak, its file beside the .orcx."""
     from ..deploy import deploy as deploy_
@@ -155,21 +160,27 @@ def deploy(path, runtime, out, data_dir, images, as_json, tracking_uri, run_id):
         if not Path(path).is_file():
             raise OrchestratorError(f"{path}: no such file")
         client, run_id = run_of_export(None if tracking_uri == "default" else tracking_uri, path, run_id)
-    r = deploy_(path, out, runtime, data_dir, images)
+    r = deploy_(path, out, runtime, data_dir, images, int8, calibration_images)
     if tracking_uri:
         log_deployment(client, run_id, r, runtime)
         r["mlflow_run_id"] = run_id
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
+    held = (f"int8 weights in {len(r['int8_layers'])} layers, fp32 in {len(r['float_layers'])}" if int8
+            else "the program holds fp32 weights")
     click.echo(f"{r['pte']}: {r['pte_bytes']:,} bytes (source {r['source_bytes']:,} bytes, accounted parameters "
-               f"{r['accounted_param_bytes']:,.0f} bytes; the program holds fp32 weights)")
+               f"{r['accounted_param_bytes']:,.0f} bytes; {held})")
     click.echo(f"test ({r['images']:,} images): runtime {100 * r['runtime_acc']:.2f}%, reference "
                f"{100 * r['reference_acc']:.2f}%, argmax agreement {100 * r['argmax_agreement']:.2f}%, "
                f"max logit difference {r['max_logit_diff']:.2e}")
-    click.echo(f"activations: planned by the runtime {r['planned_activation_bytes']:,} bytes, liveness peak at "
-               f"32 bits {r['liveness_peak_bytes_fp32']:,.0f} bytes (at the model's own bits "
-               f"{r['liveness_peak_bytes_own']:,.0f})")
+    bits = r["runtime_activation_bits"]
+    peak = r["liveness_peak_bytes_int8" if bits == 8 else "liveness_peak_bytes_fp32"]
+    planned = r["planned_activation_bytes"]
+    planned = f"{planned:,} bytes" if planned is not None else "(int8: kept in XNNPACK's own workspace)"
+    click.echo(f"activations: planned by the runtime {planned}, liveness peak at "
+               f"{bits} bits {peak:,.0f} bytes (at the "
+               f"model's own bits {r['liveness_peak_bytes_own']:,.0f})")
     click.echo(f"outside the XNNPACK delegate (portable kernels): {', '.join(r['portable_ops']) or 'nothing'}")
     if tracking_uri:
         click.echo(f"logged to MLflow run {run_id} (deploy/{runtime}/)")

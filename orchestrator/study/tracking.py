@@ -110,7 +110,8 @@ def log_deployment(client, run_id: str, result: dict, runtime: str) -> None:
     now = int(time.time() * 1000)
     checks = ("runtime_acc", "reference_acc", "argmax_agreement", "max_logit_diff", "planned_activation_bytes",
               "pte_bytes", "images")
-    client.log_batch(run_id, metrics=[Metric(f"deploy_{runtime}_{k}", float(result[k]), now, 0) for k in checks])
+    client.log_batch(run_id, metrics=[Metric(f"deploy_{runtime}_{k}", float(result[k]), now, 0) for k in checks
+                                      if result[k] is not None])
     client.log_artifact(run_id, result["pte"], f"deploy/{runtime}")
     client.log_dict(run_id, result, f"deploy/{runtime}/result.json")
 
