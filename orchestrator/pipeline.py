@@ -18,6 +18,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -132,10 +133,18 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     timer = Timer()
     with timer("load"):
         model, ckpt = load_model(base, device)
-    work = out.with_name(out.name + ".work")
+    run = _Run(config, str(base), ckpt, device, progress, timer, evaluate_steps)
+    run.load_data(data_dir, cache_dir)  # a data-dependent error comes before the store is written
+    run.work = _open_store(out.with_name(out.name + ".work"), config, base)
+    model, records = run.steps(model, run.base_record(model))
+    return run.finish(model, records, out)
+
+
+def _open_store(work: Path, config: PipelineConfig, base) -> Path:
+    """The resume store of a pipeline: its finished steps are kept, a store of another pipeline or base is
+    refused while it holds finished steps and replaced without asking while it holds none."""
     work.mkdir(parents=True, exist_ok=True)
-    dumped = config.model_dump(mode="json")  # the resolved config, as recorded everywhere below
-    started = {"base": str(base), "pipeline": dumped}  # what the kept steps belong to
+    started = {"base": str(base), "pipeline": config.model_dump(mode="json")}  # what the kept steps belong to
     stamp = work / "pipeline.json"
     if read_json(stamp, started) != started:
         if len(read_json(work / "records.json", [])) > 1:  # finished steps of another pipeline: never thrown away
@@ -144,85 +153,145 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
         shutil.rmtree(work)  # nothing finished there (e.g. a run refused by a bad value): replaced without asking
         work.mkdir(parents=True)
     write_json(stamp, started)
-    with timer("load"):
-        train_split = load_split(ckpt.dataset, "train", data_dir)
-        test = load_split(ckpt.dataset, "test", data_dir)
-        val = None
-        if config.val_size:
-            train_split, val = split_validation(train_split, config.val_size)
-        teacher = _teacher(config.teacher or base, ckpt, device) if config.uses_kd() else None
-    eval_split = val if val is not None else test
-    act_bits = config.act_bits
-    cache = StepCache(cache_dir, base, data_dir, config.val_size, config.teacher, act_bits) if cache_dir else None
-    records_path = work / "records.json"
-    records = read_json(records_path, [])
-    if not records:
-        with timer("cache"):
-            hit = cache.get(cache.key([]), device) if cache else None
+    return work
+
+
+@dataclass
+class _Run:
+    """One pipeline run: what every stage reads (the data, the teacher, the cache) and its three stages, the
+    base's record, the steps (resumed, cached or run) and the export with its measurement."""
+
+    config: PipelineConfig
+    base: str
+    ckpt: object
+    device: str
+    progress: bool
+    timer: Timer
+    evaluate_steps: bool
+    work: Path | None = None
+    train_split: object = None
+    val: object = None
+    test: object = None
+    teacher: nn.Module | None = None
+    cache: StepCache | None = None
+
+    @property
+    def eval_split(self):
+        return self.val if self.val is not None else self.test
+
+    def load_data(self, data_dir, cache_dir) -> None:
+        c = self.config
+        with self.timer("load"):
+            self.train_split = load_split(self.ckpt.dataset, "train", data_dir)
+            self.test = load_split(self.ckpt.dataset, "test", data_dir)
+            if c.val_size:
+                self.train_split, self.val = split_validation(self.train_split, c.val_size)
+            self.teacher = _teacher(c.teacher or self.base, self.ckpt, self.device) if c.uses_kd() else None
+        if cache_dir:
+            self.cache = StepCache(cache_dir, self.base, data_dir, c.val_size, c.teacher, c.act_bits)
+
+    def evaluate(self, model, split) -> float:
+        with self.timer("evaluate"):
+            return evaluate(model, split, self.ckpt.normalization, self.device)["acc"]
+
+    def cached(self, steps: list):
+        if self.cache is None:
+            return None
+        with self.timer("cache"):
+            return self.cache.get(self.cache.key(steps), self.device)
+
+    def put(self, steps: list, model, record: dict) -> None:
+        if self.cache is not None:
+            with self.timer("cache"):
+                self.cache.put(self.cache.key(steps), model, record, self.ckpt.dataset, self.ckpt.normalization)
+            model.to(self.device)
+
+    def base_record(self, model) -> list[dict]:
+        """The records so far: the resume store's, or the base's alone (cached, or evaluated and measured)."""
+        records = read_json(self.work / "records.json", [])
+        if records:
+            return records
+        hit = self.cached([])
         if hit:
             records.append(hit[1])
         else:
-            with timer("evaluate"):
-                eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"]
-                test_acc = eval_acc if eval_split is test else evaluate(model, test, ckpt.normalization, device)["acc"]
-            with timer("footprint"):
-                sizes = _sizes(model, act_bits)
-            records.append({"step": "base", "config": {"checkpoint": str(base)}, "seconds": 0.0,
+            eval_acc = self.evaluate(model, self.eval_split)
+            test_acc = eval_acc if self.eval_split is self.test else self.evaluate(model, self.test)
+            with self.timer("footprint"):
+                sizes = _sizes(model, self.config.act_bits)
+            records.append({"step": "base", "config": {"checkpoint": self.base}, "seconds": 0.0,
                             "eval_acc": eval_acc, "test_acc": test_acc, **sizes})
-            if cache:
-                with timer("cache"):
-                    cache.put(cache.key([]), model, records[0], ckpt.dataset, ckpt.normalization)
-                model.to(device)
-        write_json(records_path, records)
-    done = len(records) - 1
-    if done:
-        model = load_model(work / f"step{done}.pt", device)[0]
-    for i, step in enumerate(config.steps[done:], start=done + 1):
-        key = cache.key(config.steps[:i]) if cache else None
-        evaluated = evaluate_steps or i == len(config.steps)
-        with timer("cache"):
-            hit = cache.get(key, device) if cache else None
-        if hit:
-            model, record = hit
-            if evaluated and record.get("eval_acc") is None:  # cached by a study, which evaluates its last step only
-                with timer("evaluate"):
-                    record = {**record, "eval_acc": evaluate(model.to(device), eval_split, ckpt.normalization,
-                                                             device)["acc"]}
-        else:
-            model, record = _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher,
-                                      act_bits, device, progress, timer, evaluated)
-            if cache:
-                with timer("cache"):
-                    cache.put(key, model, record, ckpt.dataset, ckpt.normalization)
-        with timer("save"):
-            save_checkpoint(work / f"step{i}.pt", from_model(model.cpu(), ckpt.dataset, ckpt.normalization))
-        model.to(device)
-        records.append(record)
-        write_json(records_path, records)
-    export_path = out.with_suffix(".orcx")
-    with timer("export"):
-        info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
-        exported, _ = load_export(export_path)
-    with timer("evaluate"):
-        test_acc = evaluate(exported.to(device), test, ckpt.normalization, device)["acc"]
-    with timer("footprint"):
-        sizes = _sizes(exported.cpu(), act_bits)
-    final = {"test_acc": test_acc, "base_test_acc": records[0]["test_acc"], **sizes,
-             "file_bytes": info["file_bytes"], "payload_bytes": info["payload_bytes"]}
-    final["realized"] = realized(exported)
-    final["compression"] = records[0]["total_bits"] / final["total_bits"]
-    final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
-    result = {"pipeline": dumped, "base": str(base), "steps": records, "final": final,
-              "export": str(export_path), "cache_hits": cache.hits if cache else 0, "timings": dict(timer)}
-    metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"], "eval_split": eval_split.name,
-               "sparsity": sparsity(exported), "pipeline": result}
-    with timer("save"):
-        save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
-                                        {"pipeline": dumped, "base": str(base),
-                                         "teacher": str(config.teacher) if config.teacher else None}, metrics))
-        write_json(out.with_suffix(".json"), result)
-        shutil.rmtree(work)
-    return result
+            self.put([], model, records[0])
+        write_json(self.work / "records.json", records)
+        return records
+
+    def steps(self, model, records: list[dict]):
+        """The steps after the finished ones, each saved in the store as it ends."""
+        done = len(records) - 1
+        if done:
+            model = load_model(self.work / f"step{done}.pt", self.device)[0]
+        steps = self.config.steps
+        for i, step in enumerate(steps[done:], start=done + 1):
+            evaluated = self.evaluate_steps or i == len(steps)
+            hit = self.cached(steps[:i])
+            if hit:
+                model, record = hit
+                if evaluated and record.get("eval_acc") is None:  # cached by a study: it evaluates its last step only
+                    record = {**record, "eval_acc": self.evaluate(model.to(self.device), self.eval_split)}
+            else:
+                model, record = self.run_step(model, step, i, evaluated)
+                self.put(steps[:i], model, record)
+            with self.timer("save"):
+                save_checkpoint(self.work / f"step{i}.pt",
+                                from_model(model.cpu(), self.ckpt.dataset, self.ckpt.normalization))
+            model.to(self.device)
+            records.append(record)
+            write_json(self.work / "records.json", records)
+        return model, records
+
+    def run_step(self, model, step, i: int, evaluated: bool):
+        data = FinetuneData(train=self.train_split, val=self.val, normalization=self.ckpt.normalization,
+                            device=self.device, progress=self.progress, work_dir=self.work / f"step{i}",
+                            teacher=self.teacher, eval_each_epoch=False)
+        t0 = time.perf_counter()
+        model = STEP_HANDLERS[step.kind](model, step.config, data)
+        seconds = time.perf_counter() - t0
+        self.timer["train"] = self.timer.get("train", 0.0) + seconds
+        eval_acc = self.evaluate(model, self.eval_split) if evaluated else None
+        with self.timer("footprint"):
+            sizes = _sizes(model.cpu(), self.config.act_bits)
+        record = {"step": step.kind, "config": step.config.model_dump(mode="json"), "seconds": seconds,
+                  "eval_acc": eval_acc, **sizes, "log": data.log}
+        shutil.rmtree(self.work / f"step{i}", ignore_errors=True)
+        return model, record
+
+    def finish(self, model, records: list[dict], out: Path) -> dict:
+        """Export, reload, evaluate on the test set and measure the file's model; save it and the record."""
+        ckpt, dumped = self.ckpt, self.config.model_dump(mode="json")
+        export_path = out.with_suffix(".orcx")
+        with self.timer("export"):
+            info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
+            exported, _ = load_export(export_path)
+        test_acc = self.evaluate(exported.to(self.device), self.test)
+        with self.timer("footprint"):
+            sizes = _sizes(exported.cpu(), self.config.act_bits)
+        final = {"test_acc": test_acc, "base_test_acc": records[0]["test_acc"], **sizes,
+                 "file_bytes": info["file_bytes"], "payload_bytes": info["payload_bytes"]}
+        final["realized"] = realized(exported)
+        final["compression"] = records[0]["total_bits"] / final["total_bits"]
+        final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
+        result = {"pipeline": dumped, "base": self.base, "steps": records, "final": final,
+                  "export": str(export_path), "cache_hits": self.cache.hits if self.cache else 0,
+                  "timings": dict(self.timer)}
+        metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"],
+                   "eval_split": self.eval_split.name, "sparsity": sparsity(exported), "pipeline": result}
+        teacher = str(self.config.teacher) if self.config.teacher else None
+        with self.timer("save"):
+            save_checkpoint(out, from_model(exported.cpu(), ckpt.dataset, ckpt.normalization,
+                                            {"pipeline": dumped, "base": self.base, "teacher": teacher}, metrics))
+            write_json(out.with_suffix(".json"), result)
+            shutil.rmtree(self.work)
+        return result
 
 
 def _teacher(path, student, device):
@@ -233,30 +302,18 @@ def _teacher(path, student, device):
     return model
 
 
-def _run_step(model, step, i, work, train_split, val, eval_split, ckpt, teacher, act_bits, device, progress,
-              timer: Timer, evaluate_step: bool = True):
-    data = FinetuneData(train=train_split, val=val, normalization=ckpt.normalization, device=device,
-                     progress=progress, work_dir=work / f"step{i}", teacher=teacher, eval_each_epoch=False)
-    t0 = time.perf_counter()
-    cfg = step.config
-    if step.kind == "prune":
-        model = finalize_(prune_(model, cfg, data))
-    elif step.kind == "finetune":
-        hold_zeros_(model)
-        finetune(model, cfg, data, "finetune")
-        finalize_(model)
-    else:
-        model = quantize_(model, cfg, data)
-    seconds = time.perf_counter() - t0
-    timer["train"] = timer.get("train", 0.0) + seconds
-    with timer("evaluate"):
-        eval_acc = evaluate(model, eval_split, ckpt.normalization, device)["acc"] if evaluate_step else None
-    with timer("footprint"):
-        sizes = _sizes(model.cpu(), act_bits)
-    record = {"step": step.kind, "config": cfg.model_dump(mode="json"), "seconds": seconds, "eval_acc": eval_acc,
-              **sizes, "log": data.log}
-    shutil.rmtree(work / f"step{i}", ignore_errors=True)
-    return model, record
+def _prune_step(model, cfg, data):
+    return finalize_(prune_(model, cfg, data))
+
+
+def _finetune_step(model, cfg, data):
+    hold_zeros_(model)
+    finetune(model, cfg, data, "finetune")
+    return finalize_(model)
+
+
+STEP_HANDLERS = {"prune": _prune_step, "finetune": _finetune_step, "quantize": quantize_}  # step kind -> handler:
+# (model, its typed config, FinetuneData) -> the transformed model; a new step kind is one entry here
 
 
 __all__ = ["FinetuneStep", "PipelineConfig", "PruneStep", "QuantizeStep", "Step", "StepCache", "load_pipeline",
