@@ -143,6 +143,52 @@ def _save_state(path: Path, model, optimizer, epoch: int, history: list, config:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+def _resume(state_path: Path | None, model, optimizer, config, device) -> tuple[int, list[dict]]:
+    """(finished epochs, their history) from `state_path`, model and optimizer restored; (0, []) without it."""
+    if not (state_path and state_path.is_file()):
+        return 0, []
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    if state["config"] != config.model_dump():
+        raise OrchestratorError(f"{state_path} was written by a different training config; "
+                                "delete it or use the same config to resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"], state["history"]
+
+
+def _epoch(step_model, optimizer, loader, epoch: int, total: int, config, loss_fn, dtype, bar) -> dict:
+    """One epoch (the last one cut at `total` steps for a fractional epoch count): its metrics row."""
+    device = loader.images.device
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (x, y) in enumerate(loader.epoch_batches(epoch)):
+        if epoch * len(loader) + i >= total:  # a fractional last epoch ends early
+            break
+        lr = lr_at(epoch * len(loader) + i, total, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = step_model(x)
+            loss = loss_fn(logits, y, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if bar.enabled:
+            bar.update(epoch, i + 1, loss.item(), seen / (time.perf_counter() - t0))
+    train_loss = loss_sum.item() / seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
+                               f"(lr={config.lr}); lower the learning rate")
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / seen,
+            "seconds": seconds, "images_per_s": seen / seconds}
+
+
 def train(model: nn.Module, train_split: Split, config: TrainConfig, normalization: dict, *,
           eval_split: Split | None = None, device="cpu", progress: bool = True,
           state_path=None, loss_fn: Callable | None = None) -> list[dict]:
@@ -159,17 +205,8 @@ def train(model: nn.Module, train_split: Split, config: TrainConfig, normalizati
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
-    history: list[dict] = []
-    start = 0
     state_path = Path(state_path) if state_path else None
-    if state_path and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["config"] != config.model_dump():
-            raise OrchestratorError(f"{state_path} was written by a different training config; "
-                                    "delete it or use the same config to resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
+    start, history = _resume(state_path, model, optimizer, config, device)
     augment = Augment(config.crop_padding, config.flip, config.cutout)
     loader = DeviceLoader(train_split, config.batch_size, normalization["mean"], normalization["std"],
                           device, train=True, augment=augment, seed=config.seed, channels_last=cl)
@@ -183,34 +220,7 @@ def train(model: nn.Module, train_split: Split, config: TrainConfig, normalizati
     bar = Progress(epochs, len(loader), enabled=progress)
     for epoch in range(start, epochs):
         model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for i, (x, y) in enumerate(loader.epoch_batches(epoch)):
-            if epoch * len(loader) + i >= total:  # a fractional last epoch ends early
-                break
-            lr = lr_at(epoch * len(loader) + i, total, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = step_model(x)
-                loss = loss_fn(logits, y, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if bar.enabled:
-                bar.update(epoch, i + 1, loss.item(), seen / (time.perf_counter() - t0))
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
-                                   f"(lr={config.lr}); lower the learning rate")
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / seen,
-               "seconds": seconds, "images_per_s": seen / seconds}
+        row = _epoch(step_model, optimizer, loader, epoch, total, config, loss_fn, dtype, bar)
         if eval_split is not None:
             ev = evaluate(model, eval_split, normalization, device, config.eval_batch_size, config.amp)
             row.update(eval_loss=ev["loss"], eval_acc=ev["acc"])
