@@ -199,7 +199,6 @@ class Plans:
 def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache: Path | None = None) -> dict:
     """{'baseline', 'prune': {method: {group: {ratio: drop}}}, 'weights': {group: {fmt:bits: drop}},
     'acts': {group: {bits: drop}}}: drops are fractions; filled incrementally into `cache` (resumable)."""
-    params = space.params()
     table = read_json(cache, None) if cache else None
     # two references: activation drops are measured as PTQ runs them (no BN re-estimation), pruning and weight
     # drops after re-estimating BN, so each is taken against the base re-estimated the same way
@@ -212,8 +211,16 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache:
             write_json(cache, table)
 
     groups = layer_groups(base)
-    base_acc = table["baseline_bn"]
-    ratios = sensitivity_ratios(params)
+    _prune_drops(table, space, base, probe, groups, save)
+    _weight_drops(table, space, base, probe, plans.group_specs(groups), groups, save)
+    _act_drops(table, space, base, probe, plans.act_values(), groups, save)
+    save()
+    return table
+
+
+def _prune_drops(table: dict, space, base, probe: Probe, groups: dict, save) -> None:
+    """Each method's drop with one group pruned at each ratio (BN re-estimated), into table['prune']."""
+    ratios = sensitivity_ratios(space.params())
     for method in [m for m in _methods(space) if m != "none"]:
         cls = METHODS[method][0]
         grid = ratios if cls.structured else sorted({*ratios, 0.98})  # a global threshold may take a group further
@@ -224,10 +231,13 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache:
                     continue
                 model = _pruned(base, [_config(cls, method, g, r)]) if r else None
                 same = model is None or (cls.structured and model.widths == base.widths)  # no channel of g removable
-                row[str(r)] = 0.0 if same else base_acc - probe.accuracy(model)
+                row[str(r)] = 0.0 if same else table["baseline_bn"] - probe.accuracy(model)
                 save()
+
+
+def _weight_drops(table: dict, space, base, probe: Probe, used: dict, groups: dict, save) -> None:
+    """The drop with one group's weights at each format:bits the plans use, into table['weights']."""
     clip = _clip(space)
-    used = plans.group_specs(groups)
     for g, names in groups.items():
         for fmt_bits in used[g]:
             row = table["weights"].setdefault(g, {})
@@ -239,11 +249,15 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache:
             for n in names:
                 if fmt != "fp32":
                     quantize_weight_(layers[n], fmt, int(bits), clip=clip)
-            row[fmt_bits] = base_acc - probe.accuracy(model)
+            row[fmt_bits] = table["baseline_bn"] - probe.accuracy(model)
             save()
+
+
+def _act_drops(table: dict, space, base, probe: Probe, act_values, groups: dict, save) -> None:
+    """The drop with one group's inputs at each activation width (PTQ-calibrated), into table['acts']."""
     first = next(iter(prunable_layers(base)))
     for g, names in groups.items():
-        for bits in plans.act_values():
+        for bits in act_values:
             row = table["acts"].setdefault(g, {})
             if str(bits) in row or names == [first]:
                 row.setdefault(str(bits), 0.0)  # the first conv reads the 8-bit image: nothing to quantize
@@ -256,8 +270,6 @@ def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache:
             calibrate_(model, probe.data, max(1, probe.bn_images))
             row[str(bits)] = table["baseline"] - probe.accuracy(model, recalibrate=False)
             save()
-    save()
-    return table
 
 
 def sensitivity_ratios(params: dict, most: int = 6) -> list[float]:
