@@ -52,6 +52,48 @@ def memory_profile(model) -> dict:
             "total_bytes": fp.total_bits / 8}
 
 
+def _kd(data: list[dict]) -> dict:
+    """Fine-tuned trials' validation accuracy with and without KD: {flag: {n, mean, best}}."""
+    kd = {}
+    for flag in (False, True):
+        accs = [r["val_acc"] for r in data if r.get("finetune_epochs", 0) and bool(r.get("kd")) == flag]
+        if accs:
+            kd[flag] = {"n": len(accs), "mean": sum(accs) / len(accs), "best": max(accs)}
+    return kd
+
+
+def _importances(study, space, originals: list) -> dict:
+    """fANOVA importance of each parameter per objective over the trials that ran (repeats are not observations),
+    or {'unavailable': why} for too few or too uniform trials."""
+    try:
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ran = optuna.create_study(directions=study.directions)
+            ran.add_trials(originals)
+            return {objective: optuna.importance.get_param_importances(
+                ran, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i])
+                for i, objective in enumerate(space.objectives)}
+    except Exception as exc:  # too few or too uniform trials
+        return {"unavailable": str(exc).splitlines()[0][:120]}
+
+
+def _chosen(ckpt_path, base_model) -> tuple[dict | None, dict]:
+    """(the chosen trial's widths and sparsity, memory profiles of the dense and the chosen model)."""
+    profiles = {"dense": memory_profile(base_model)}
+    if not ckpt_path:
+        return None, profiles
+    try:
+        model, _ = load_model(ckpt_path)
+    except OrchestratorError:
+        return None, profiles
+    profiles["chosen"] = memory_profile(model)
+    return {"widths": model.widths, "sparsity": sparsity(model)}, profiles
+
+
 def collect(study, space) -> dict:
     data = rows(study)
     if not data:
@@ -76,47 +118,18 @@ def collect(study, space) -> dict:
     near = [r for r in data if r["val_acc"] >= dense["val_acc"] - 0.01]
     smallest = min(near, key=lambda r: r["footprint_bytes"]) if near else None
     best = smallest or max(front or data, key=lambda r: r["val_acc"])
-    best_model, profiles = None, {"dense": memory_profile(base_model)}
-    ckpt_path = trials[best["trial"]].user_attrs.get("checkpoint")
-    if ckpt_path:
-        try:
-            model, _ = load_model(ckpt_path)
-            best_model = {"widths": model.widths, "sparsity": sparsity(model)}
-            profiles["chosen"] = memory_profile(model)
-        except OrchestratorError:
-            best_model = None
+    best_model, profiles = _chosen(trials[best["trial"]].user_attrs.get("checkpoint"), base_model)
     by_bits: dict = {}
     for r in data:
         b = r.get("bits", 32)
         by_bits[b] = max(by_bits.get(b, 0), r["val_acc"])
-    kd = {}
-    for flag in (False, True):
-        accs = [r["val_acc"] for r in data if r.get("finetune_epochs", 0) and bool(r.get("kd")) == flag]
-        if accs:
-            kd[flag] = {"n": len(accs), "mean": sum(accs) / len(accs), "best": max(accs)}
     curves = method_curves(data)
-    importances = {}
-    try:
-        import warnings
-
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            originals = optuna.create_study(directions=study.directions)  # repeats are not observations
-            originals.add_trials([trials[r["trial"]] for r in data])
-            for i, objective in enumerate(space.objectives):
-                importances[objective] = optuna.importance.get_param_importances(
-                    originals, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                    target=lambda t, i=i: t.values[i])
-    except Exception as exc:  # too few or too uniform trials
-        importances = {"unavailable": str(exc).splitlines()[0][:120]}
     methods = sorted({r.get("method", "none") for r in data})
     return {"study": study.study_name, "space": space.model_dump(), "dense": dense, "rows": data, "front": front,
             "answer": answer, "floor": floor, "infeasible": sum(not r["feasible"] for r in data),
             "profiles": profiles, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
-            "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": kd, "curves": curves,
-            "importances": importances, "counts": status(study), "environment": environment(),
+            "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": _kd(data), "curves": curves,
+            "importances": _importances(study, space, [trials[r["trial"]] for r in data]), "counts": status(study), "environment": environment(),
             "methods": {m: DESCRIPTIONS[m] if m in DESCRIPTIONS else (METHODS[m][0].__doc__ or m).splitlines()[0]
                         for m in methods},
             "hours": sum(_duration(t) for t in trials.values()) / 3600,

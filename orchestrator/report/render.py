@@ -76,6 +76,16 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
         mattered += "<p>KD in fine-tunes: " + "; ".join(
             f"{'with' if k else 'without'} KD: best {_pct(v['best'])}, mean {_pct(v['mean'])} over {v['n']} trials"
             for k, v in d["kd"].items()) + "</p>"
+    answer = _answer(d, space_file, storage)
+    secs = [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
+            ("The Pareto front", pareto)]
+    if d.get("peers"):
+        secs.append(("The peers on the same base", peers_section(d)))
+    return secs + [("What mattered", mattered or "<p>Too few trials to say.</p>"), ("The answer", answer)]
+
+
+def _answer(d: dict, space_file: str, storage: str) -> str:
+    """The answer slide: the best model per footprint budget, the smallest within 1 point, how to reproduce."""
     answer_rows = []
     for a in d["answer"]:
         t = a["trial"]
@@ -92,13 +102,8 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
         repro += ("<div class='report-only'><p>That trial alone: save this as pipeline.yaml and run "
                   "<code>orchestrator pipeline pipeline.yaml</code>:</p><pre>"
                   + html.escape(yaml.safe_dump(d["pipelines"][s["trial"]], sort_keys=False)) + "</pre></div>")
-    answer = _table(["footprint budget", "best accuracy (selected on validation)", "trial"], answer_rows) + \
+    return _table(["footprint budget", "best accuracy (selected on validation)", "trial"], answer_rows) + \
         f"<p><b>{html.escape(near)}</b></p>" + repro
-    secs = [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
-            ("The Pareto front", pareto)]
-    if d.get("peers"):
-        secs.append(("The peers on the same base", peers_section(d)))
-    return secs + [("What mattered", mattered or "<p>Too few trials to say.</p>"), ("The answer", answer)]
 
 
 def peers_section(d: dict) -> str:
