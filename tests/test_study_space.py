@@ -13,7 +13,8 @@ from orchestrator.pruning import finalize_, prune_, sparsity
 from orchestrator.quant import QuantConfig
 from orchestrator.study import load_space, run_study
 from orchestrator.study.pareto import rows
-from orchestrator.study.runner import finished, per_trial_seed
+from orchestrator.study.runner import finished
+from orchestrator.study.sampler import SearchSampler
 from orchestrator.train import TrainConfig, train
 from conftest import one_line_error, run
 from conftest import space_file
@@ -141,7 +142,7 @@ def test_a_grid_ratio_is_the_start_points_value_so_they_share_cache_and_repeats(
 
 def test_per_trial_seeds_differ_between_trials_and_repeat_for_the_same_number():
     def first_params(seed, numbers):
-        sampler = per_trial_seed(optuna.samplers.RandomSampler(seed=seed), seed)
+        sampler = SearchSampler(optuna.samplers.RandomSampler(seed=seed), seed)
         study = optuna.create_study(sampler=sampler)
         out = []
         for n in numbers:

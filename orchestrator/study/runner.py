@@ -82,7 +82,9 @@ def _sampler(space: SearchSpace):
         inner = optuna.samplers.RandomSampler(seed=s.seed)
     else:
         inner = optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
-    return start_only(per_trial_seed(inner, s.seed), space.start_values(), s.seed)
+    from .sampler import SearchSampler
+
+    return SearchSampler(inner, s.seed, space.start_values())
 
 
 def _startup(space: SearchSpace) -> int:
@@ -92,47 +94,6 @@ def _startup(space: SearchSpace) -> int:
 
     n = len(space.sampler.points) + (default_points(space) if space.sampler.start == "auto" else 0)
     return max(2, n) if n else 10
-
-
-def start_only(inner, values: dict[str, list], seed: int):
-    """`inner`, never proposing `values` (per parameter: what only start points run, e.g. a long fine-tune
-    at one corner). A value the sampler draws or breeds from such a parent is redrawn among the others."""
-    if not values:
-        return inner
-
-    def redrawn(trial, params: dict, space: dict) -> dict:
-        for name, v in params.items():
-            if v in values.get(name, []) and name in space:
-                rng = random.Random(f"{seed}/{trial.number}/{name}")
-                params[name] = rng.choice([c for c in space[name].choices if c not in values[name]])
-        return params
-
-    sample_relative, sample_independent = inner.sample_relative, inner.sample_independent
-    inner.sample_relative = lambda study, trial, space: redrawn(trial, sample_relative(study, trial, space), space)
-    inner.sample_independent = lambda study, trial, name, dist: redrawn(
-        trial, {name: sample_independent(study, trial, name, dist)}, {name: dist})[name]
-    return inner
-
-
-def per_trial_seed(inner, seed: int):
-    """`inner` with its random state reseeded from (seed, trial number) before every trial.
-
-    Workers of one study share the trial-number sequence but not their samplers' states: seeded alike,
-    two workers starting together proposed the same configurations. Per-trial seeds keep one worker's
-    study reproducible and give every worker's trial its own draw.
-    """
-    before_trial = inner.before_trial
-
-    def reseeded_before_trial(study, trial):  # on the instance: Optuna still sees `inner`'s own class
-        for k, obj in enumerate((inner, getattr(inner, "_random_sampler", None),
-                                 getattr(inner, "_independent_sampler", None))):  # GP draws its start-up from this
-            rng = getattr(obj, "_rng", None)
-            if rng is not None and hasattr(rng, "rng"):  # optuna's LazyRandomState: reseeded in place
-                rng.rng.seed((seed * 1_000_003 + trial.number * 2 + k) % 2**32)
-        before_trial(study, trial)
-
-    inner.before_trial = reseeded_before_trial
-    return inner
 
 
 def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool = True, start: list | None = None):
