@@ -4,13 +4,14 @@ Each peer is used through its own documented API; this product only fine-tunes (
 fine-tune for the same epochs) and measures (its footprint: parameter bits with sparse overhead + activation
 peak). Points:
 - `torch.nn.utils.prune.global_unstructured` (L1) at each --prune-ratio, fine-tuned with the masks held;
-- Torch-Pruning 1.6 `BasePruner` with `GroupMagnitudeImportance` (group norm) and `LAMPImportance` at each
-  --channel-ratio of every block's inner channels (option-A shortcuts tie the residual stream to fixed
+- Torch-Pruning 1.6 `BasePruner` with `GroupMagnitudeImportance` (group norm, the ratio in every block) and
+  `LAMPImportance` (the ratio over all blocks together, `global_pruning`) at each --channel-ratio of the blocks'
+  inner channels (option-A shortcuts tie the residual stream to fixed
   channel positions, so the stream stays whole, as in this product's own channel removal), fine-tuned;
 - NNCF 3.4 `nncf.quantize` (int8 PTQ, 300 calibration images) of the base and of every point above; its
   footprint is this product's accounting of the same model at 8-bit weights and 8-bit activations.
-Every point is appended to --out (JSON lines) as it finishes; a rerun skips the points already there (a
-pruned point whose NNCF twin is missing is trained again).
+Every point is appended to --out (JSON lines) as it finishes, its NNCF twin right after it; a rerun skips the
+points already there (a pruned point whose NNCF twin is missing is trained again).
 
     pip install -e '.[peers]'
     python benchmarks/peers.py --base runs/resnet20-baseline.pt --data-dir D --space search_spaces/quick_cpu.yaml
@@ -56,8 +57,11 @@ def tp_prune(model: nn.Module, ratio: float, importance: str) -> nn.Module:
            "lamp": tp.importance.LAMPImportance(p=2)}[importance]
     stream = [model.conv1, model.linear] + [b.conv2 for stage in (model.layer1, model.layer2, model.layer3)
                                             for b in stage]
+    # group norm: the same ratio in every block. LAMP ranks across layers (its scores are normalized per layer,
+    # which leaves the order within a layer unchanged: at one ratio per layer it removes group norm's channels),
+    # so it prunes globally, the ratio over all the blocks' inner channels together
     pruner = tp.pruner.BasePruner(model, torch.zeros(1, 3, 32, 32), importance=imp, pruning_ratio=ratio,
-                                  ignored_layers=stream)  # the same ratio in every block
+                                  ignored_layers=stream, global_pruning=importance == "lamp")
     pruner.step()
     return model
 
@@ -122,36 +126,40 @@ def main():
         print(f"{point}: val {100 * row['val_acc']:.2f}% test {100 * row['test_acc']:.2f}% "
               f"{row['total_bits'] / 8:,.0f} B {seconds / 60:.1f} min", flush=True)
 
-    trained: dict[str, tuple[str, nn.Module, float]] = {}  # point -> (tool, fine-tuned model, seconds)
-
-    def train_point(point: str, tool: str, make):
+    def pruned(point: str, make) -> tuple[nn.Module, float] | None:
+        """The base pruned for `point` (not yet fine-tuned) with its seconds, or None when both rows exist."""
         if {point, f"{point}+nncf-int8"} <= done:
-            return
+            return None
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         for p in model.parameters():  # the base is every fine-tune's KD teacher, which freezes it: a copy comes
             p.requires_grad_(True)  # frozen, trains nothing and leaves Torch-Pruning's traced graph empty
-        model = make(model)
+        return make(model), time.perf_counter() - t0
+
+    # every pruning first: importing NNCF (`_peers`) patches torch, after which Torch-Pruning traces nothing
+    todo = {f"torch-prune-l1-{r}": ("torch.nn.utils.prune", pruned(f"torch-prune-l1-{r}", lambda m, r=r: torch_prune(m, r)))
+            for r in args.prune_ratio}
+    todo |= {f"tp-{imp}-{r}": ("Torch-Pruning", pruned(f"tp-{imp}-{r}", lambda m, r=r, imp=imp: tp_prune(m, r, imp)))
+             for imp in args.importance for r in args.channel_ratio}
+    if "base" not in done:
+        record("base", "base", base, 0.0)
+    if "nncf-int8" not in done:
+        t0 = time.perf_counter()
+        record("nncf-int8", "NNCF", nncf_int8(base, train, norm), time.perf_counter() - t0, base)
+    for point, (tool, made) in todo.items():  # each point's fine-tune, then its NNCF twin at once: a killed run
+        if made is None:                      # loses one point at most
+            continue
+        model, seconds = made
+        t0 = time.perf_counter()
         finetune(model, cfg, FinetuneData(train=train, val=val, normalization=norm, teacher=base,
                                           eval_each_epoch=False), point)
         finalize_(model)
-        trained[point] = (tool, model, time.perf_counter() - t0)
+        seconds += time.perf_counter() - t0
         if point not in done:
-            record(point, tool, model, trained[point][2])
-
-    if "base" not in done:
-        record("base", "base", base, 0.0)
-    for r in args.prune_ratio:
-        train_point(f"torch-prune-l1-{r}", "torch.nn.utils.prune", lambda m, r=r: torch_prune(m, r))
-    for imp in args.importance:
-        for r in args.channel_ratio:
-            train_point(f"tp-{imp}-{r}", "Torch-Pruning", lambda m, r=r, imp=imp: tp_prune(m, r, imp))
-    # NNCF last (`_peers`)
-    for point, (tool, model, seconds) in {"base": ("base", base, 0.0), **trained}.items():
-        name = "nncf-int8" if point == "base" else f"{point}+nncf-int8"
-        if name not in done:
+            record(point, tool, model, seconds)
+        if f"{point}+nncf-int8" not in done:
             t0 = time.perf_counter()
-            record(name, "NNCF" if point == "base" else f"{tool} + NNCF", nncf_int8(model, train, norm),
+            record(f"{point}+nncf-int8", f"{tool} + NNCF", nncf_int8(model, train, norm),
                    seconds + time.perf_counter() - t0, model)
     table(out)
 

@@ -9,7 +9,6 @@ read off the tensor shapes, so any depth (and a channel-pruned one) rebuilds.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from .errors import CheckpointError, ModelSpecError
 from .models import build_model
+from .models.resnet import public_resnet
 from .paths import write_atomic
 from .qformat import attach_act_quant_, set_weight_spec_, weight_spec
 
@@ -154,22 +154,10 @@ def load_checkpoint(path) -> Checkpoint:
 
 
 def _from_public_resnet(state: dict, path: Path) -> Checkpoint:
-    """Read depth, widths and shortcut type off the shapes of a reference-format ResNet."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
-        blocks = []
-        for stage in (1, 2, 3):
-            idx = sorted({int(m[1]) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))})
-            if not idx or idx != list(range(len(idx))):
-                raise KeyError(f"layer{stage} blocks")
-            blocks.append([state[f"layer{stage}.{i}.conv1.weight"].shape[0] for i in idx])
-        stages = [state[f"layer{s}.0.conv2.weight"].shape[0] for s in (1, 2, 3)]
-        num_classes = state["linear.weight"].shape[0]
-    except (KeyError, IndexError) as exc:
+        arch, widths, num_classes, state = public_resnet(state)
+    except KeyError as exc:
         raise CheckpointError(f"{path} holds a state_dict that is not a CIFAR ResNet (no {exc})") from None
-    shortcut = "B" if any(".shortcut.0.weight" in k for k in state) else "A"
-    arch = f"resnet{6 * len(blocks[0]) + 2}{'b' if shortcut == 'B' else ''}"
-    widths = {"shortcut": shortcut, "stages": stages, "blocks": blocks}
     dataset = {10: "cifar10", 100: "cifar100"}.get(num_classes, "cifar10")
     return Checkpoint(arch, widths, num_classes, state, dataset, source="public-resnet")
 

@@ -27,6 +27,7 @@ class Family:
     build: Callable[[BaseModel, int], nn.Module]
     check: Callable[[re.Match, BaseModel], str | None] = lambda m, w: None
     note: Callable[[re.Match], str] = lambda m: ""  # what `orchestrator models` says about an arch
+    accepts: Callable[[re.Match], bool] = lambda m: True  # names the pattern matches that the family builds
 
 
 def _resnet_check(m: re.Match, w: resnet.ResNetWidths) -> str | None:
@@ -48,7 +49,8 @@ FAMILIES: dict[str, Family] = {
     "resnet": Family(re.compile(r"resnet(\d+)(b?)"), resnet.ResNetWidths,
                      lambda m, k: resnet.default_widths(int(m[1]), k, "B" if m[2] else "A"),
                      resnet.CifarResNet, _resnet_check,
-                     lambda m: "option-B 1x1 shortcuts" if m[2] else "option-A shortcuts"),
+                     lambda m: "option-B 1x1 shortcuts" if m[2] else "option-A shortcuts",
+                     lambda m: (int(m[1]) - 2) % 6 == 0 and int(m[1]) >= 8),  # depth 6n+2
     "vgg": Family(re.compile(r"vgg(11|13|16|19)"), vgg.VGGWidths,
                   lambda m, k: vgg.default_widths(int(m[1]), k), vgg.CifarVGG, _vgg_check),
     "mobilenetv2": Family(re.compile(r"mobilenetv2"), mobilenetv2.MobileNetV2Widths,
@@ -63,7 +65,7 @@ ARCHITECTURES = ([f"resnet{d}" for d in (20, 32, 44, 56, 110)] + [f"resnet{d}b" 
 def _match(arch: str) -> tuple[Family, re.Match]:
     for family in FAMILIES.values():
         m = family.pattern.fullmatch(arch)
-        if m and (family is not FAMILIES["resnet"] or (int(m[1]) - 2) % 6 == 0 and int(m[1]) >= 8):
+        if m and family.accepts(m):
             return family, m
     raise ModelSpecError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)} "
                          "(and resnet<6n+2>[b] for other depths)")

@@ -8,6 +8,8 @@ its checkpoints load as they are.
 
 from __future__ import annotations
 
+import re
+
 from typing import Literal
 
 import torch
@@ -160,3 +162,24 @@ class CifarResNet(nn.Module):
         """The group (stem, stage1..3, classifier) a conv/linear layer belongs to: per-group ratios and bits."""
         top = name.split(".")[0]
         return self.GROUPS.get(top, top.replace("layer", "stage"))
+
+
+def public_resnet(state: dict) -> tuple[str, dict, int, dict]:
+    """(arch, widths, classes, state dict) of a reference-format CIFAR ResNet state dict (`module.` prefixes
+    dropped): depth, widths and shortcut type are read off the tensor shapes, so any depth, and a channel-pruned
+    one, rebuilds. KeyError naming what is missing when it is no such ResNet."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        blocks = []
+        for stage in (1, 2, 3):
+            idx = sorted({int(m[1]) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))})
+            if not idx or idx != list(range(len(idx))):
+                raise KeyError(f"layer{stage} blocks")
+            blocks.append([state[f"layer{stage}.{i}.conv1.weight"].shape[0] for i in idx])
+        stages = [state[f"layer{s}.0.conv2.weight"].shape[0] for s in (1, 2, 3)]
+        num_classes = state["linear.weight"].shape[0]
+    except IndexError as exc:
+        raise KeyError(exc) from None
+    shortcut = "B" if any(".shortcut.0.weight" in k for k in state) else "A"
+    arch = f"resnet{6 * len(blocks[0]) + 2}{'b' if shortcut == 'B' else ''}"
+    return arch, {"shortcut": shortcut, "stages": stages, "blocks": blocks}, num_classes, state
