@@ -220,6 +220,17 @@ def test_the_shipped_space_runs_unedited_on_every_family(arch, tmp_path):
     assert space.sampler.points == [] and space.sampler.start == "auto"  # no hand-written start point
 
 
+def test_a_space_whose_method_cannot_prune_the_base_family_is_refused_before_any_trial(tmp_path, base):
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.models import build_model
+
+    space = load_space(space_file(tmp_path, base, dimensions={"method": ["none", "thinet"], "ratio": [0.5]}))
+    space.check_base(build_model("vgg11", width_mult=0.125))  # ThiNet prunes VGG
+    with pytest.raises(OrchestratorError, match=r"dimensions.method: method 'thinet' does not prune mobilenetv2 "
+                                                r"models; it prunes resnet, vgg; the base .* is mobilenetv2"):
+        space.check_base(build_model("mobilenetv2", width_mult=0.25))
+
+
 class _Done:  # a finished trial as the veto reads it
     def __init__(self, number, screen_acc, total_bits, state="COMPLETE", **attrs):
         self.number, self.state = number, type("S", (), {"name": state})()

@@ -12,6 +12,7 @@ from torch import nn
 from conftest import run, toy_data, with_bn_stats
 from orchestrator.checkpoint import from_model, load_model, save_checkpoint
 from orchestrator.cli import main
+from orchestrator.errors import OrchestratorError
 from orchestrator.footprint import measure
 from orchestrator.footprint.export import export, load_export
 from orchestrator.models import build_model
@@ -30,12 +31,17 @@ CONFIG = {"han": {"rounds": 2, "finetune": FT}, "lottery": {"rounds": 2, "finetu
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_keeps_its_contract_on_every_small_arch(method, arch, tmp_path):
     cls, _ = METHODS[method]
-    if arch == "mobilenetv2" and method == "thinet":
-        pytest.skip("thinet reconstructs the next conv of a block: ResNet and VGG only")
     torch.manual_seed(0)
     model = with_bn_stats(build_model(arch, **ARCHS[arch]))
     before = measure(model)
     config = {"method": method, "ratio": RATIO, **CONFIG.get(method, {})}
+    if cls.supports(model):  # a family the method declares it does not prune: refused in one line, untouched
+        state = copy.deepcopy(model.state_dict())
+        with pytest.raises(OrchestratorError, match=rf"method {method!r} does not prune {arch.rstrip('b0123456789')}"):
+            prune_(model, config, toy_data(tmp_path / "work"))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+        assert cls.families and "mobilenetv2" not in cls.families
+        return
     pruned = finalize_(prune_(copy.deepcopy(model), config, toy_data(tmp_path / "work")))
     state = pruned.state_dict()
     assert not any(k.endswith(("_orig", "_mask")) for k in state)  # masks made permanent

@@ -71,6 +71,15 @@ def _match(arch: str) -> tuple[Family, re.Match]:
                          "(and resnet<6n+2>[b] for other depths)")
 
 
+def family_of(arch: str) -> str | None:
+    """The family name (a key of FAMILIES) of an architecture name, None for an unknown one."""
+    try:
+        family, _ = _match(arch)
+    except ModelSpecError:
+        return None
+    return next(name for name, f in FAMILIES.items() if f is family)
+
+
 def describe(arch: str) -> str:
     """A short note on an architecture name (its family's variant), for listings."""
     family, m = _match(arch)

@@ -29,6 +29,18 @@ class PruneConfig(BaseModel):
     method: str
     bn_recalibration: int = Field(0, ge=0)  # training images to re-estimate BN statistics on at the end (0: off)
     structured: ClassVar[bool] = False  # True: returns a smaller dense model (new width spec)
+    families: ClassVar[tuple[str, ...] | None] = None  # the model families (models.FAMILIES) it prunes; None: all
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> str | None:
+        """None when the method can prune `model`, else why not (one line)."""
+        from ..models import family_of
+
+        family = family_of(getattr(model, "arch", ""))
+        if cls.families is None or family in cls.families:
+            return None
+        return (f"method {cls.model_fields['method'].default!r} does not prune {family or 'this model'} models; "
+                f"it prunes {', '.join(cls.families)}")
 
     def needs_data(self) -> bool:
         """Whether the method needs training/calibration data (fine-tuning and BN recalibration count)."""
@@ -72,6 +84,9 @@ def prune_(model: nn.Module, config: PruneConfig | dict, data: FinetuneData | No
     make them permanent). Structured methods return a new, smaller dense model.
     """
     config = parse_config(config)
+    refused = config.supports(model)
+    if refused:
+        raise OrchestratorError(refused)
     prunable_layers(model)
     if config.needs_data() and data is None:
         raise OrchestratorError(f"method {config.method!r} with this config needs data "

@@ -27,6 +27,7 @@ from .surgery import Group, channel_groups, remove_channels
 
 class ThiNet(PruneConfig):
     structured = True
+    families = ("resnet", "vgg")  # it refits the next conv of a block; MobileNetV2's depthwise convs have none
     method: Literal["thinet"] = "thinet"
     ratio: Ratio = 0.5  # fraction of each group's channels removed
     stage_ratios: list[Ratio] | None = None

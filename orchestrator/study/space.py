@@ -172,7 +172,14 @@ class SearchSpace(BaseModel):
         return ["maximize" if o == "accuracy" else "minimize" for o in self.objectives]
 
     def check_base(self, model) -> None:
-        """Per-group values must name groups the base model has: checked before any trial runs."""
+        """Per-group values must name groups the base model has, and every method must prune its family:
+        checked before any trial runs."""
+        d = self.dimensions
+        for key, method in [("method", m) for m in d.method if m != "none"] + (
+                [("channels.method", d.channels.method)] if d.channels else []):
+            refused = METHODS[method][0].supports(model)
+            if refused:
+                raise OrchestratorError(f"dimensions.{key}: {refused}; the base {self.base} is {model.arch}")
         groups = layer_groups(model)
         for key in ("group_scale", "group_bits", "group_act_bits"):
             unknown = [g for g in getattr(self.dimensions, key) if g not in groups]
