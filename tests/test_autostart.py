@@ -220,15 +220,24 @@ def test_the_shipped_space_runs_unedited_on_every_family(arch, tmp_path):
     assert space.sampler.points == [] and space.sampler.start == "auto"  # no hand-written start point
 
 
-def test_a_space_whose_method_cannot_prune_the_base_family_is_refused_before_any_trial(tmp_path, base):
+def test_a_method_refuses_a_family_it_does_not_declare_in_one_line_and_a_space_naming_it_fails_first(
+        tmp_path, base, monkeypatch):
+    """Every registered method prunes the whole zoo today (test_contracts); one that declares fewer families
+    (`PruneConfig.families`) refuses the others in prune_, and a study space naming it fails before any trial."""
     from orchestrator.errors import OrchestratorError
     from orchestrator.models import build_model
+    from orchestrator.pruning import prune_
+    from orchestrator.pruning.thinet import ThiNet
 
+    monkeypatch.setattr(ThiNet, "families", ("resnet", "vgg"))
     space = load_space(space_file(tmp_path, base, dimensions={"method": ["none", "thinet"], "ratio": [0.5]}))
-    space.check_base(build_model("vgg11", width_mult=0.125))  # ThiNet prunes VGG
+    space.check_base(build_model("vgg11", width_mult=0.125))
+    mobilenet = build_model("mobilenetv2", width_mult=0.25)
     with pytest.raises(OrchestratorError, match=r"dimensions.method: method 'thinet' does not prune mobilenetv2 "
                                                 r"models; it prunes resnet, vgg; the base .* is mobilenetv2"):
-        space.check_base(build_model("mobilenetv2", width_mult=0.25))
+        space.check_base(mobilenet)
+    with pytest.raises(OrchestratorError, match=r"^method 'thinet' does not prune mobilenetv2 models"):
+        prune_(mobilenet, {"method": "thinet"})
 
 
 class _Done:  # a finished trial as the veto reads it

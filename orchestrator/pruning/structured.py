@@ -30,19 +30,25 @@ def kinds(scope: str) -> tuple[str, ...]:
     return ("internal",) if scope == "internal" else ("internal", "stream")
 
 
-class FilterConfig(PruneConfig):
-    """What every per-group filter-pruning method shares: ratios per group, stage or channel group, skips, mode."""
+class ChannelRatios(PruneConfig):
+    """What every channel-removal method reads: a ratio of each channel group's channels, per stage or per
+    group, the groups left whole, and the fine-tune after the removal (filter pruning, ThiNet)."""
 
     structured = True
     ratio: Ratio = 0.5  # fraction of each group's channels removed
     stage_ratios: list[Ratio] | None = None  # one ratio per stage (the model family's stage map), overrides `ratio`
-    group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its channel groups' ratio
     ratios: dict[str, Ratio] = {}  # per channel group name, overrides all of the above
     skip: list[str] = []  # groups left whole (the sensitive ones)
+    finetune: FinetuneConfig = FinetuneConfig()  # after all stages (one_shot) or after each stage
+
+
+class FilterConfig(ChannelRatios):
+    """What every per-group filter-pruning method shares: ratios per group, stage or channel group, skips, mode."""
+
+    group_ratios: GroupRatios = {}  # per layer group (stem, stage1.., classifier): its channel groups' ratio
     groups: Kinds = "internal"
     min_keep: int = Field(1, ge=1)  # channels every group keeps
     mode: Literal["one_shot", "stagewise"] = "one_shot"  # stagewise: prune a stage, retrain, next stage
-    finetune: FinetuneConfig = FinetuneConfig()  # after all stages (one_shot) or after each stage
 
 
 class L1Filter(FilterConfig):

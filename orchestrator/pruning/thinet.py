@@ -19,25 +19,18 @@ from torch import nn
 
 from ..loader import normalize
 from .channels import group_ratios
-from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..values import Ratio
-from .registry import PruneConfig, register
+from ..finetune import FinetuneData, finetune
+from .registry import register
+from .structured import ChannelRatios
 from .surgery import Group, channel_groups, remove_channels
 
 
-class ThiNet(PruneConfig):
-    structured = True
-    families = ("resnet", "vgg")  # it refits the next conv of a block; MobileNetV2's depthwise convs have none
+class ThiNet(ChannelRatios):
     method: Literal["thinet"] = "thinet"
-    ratio: Ratio = 0.5  # fraction of each group's channels removed
-    stage_ratios: list[Ratio] | None = None
-    ratios: dict[str, Ratio] = {}
-    skip: list[str] = []
     images: int = Field(256, ge=1)  # calibration images drawn from the training split
     locations: int = Field(10, ge=1)  # sampled (output channel, position) pairs per image
     refit: bool = True  # least-squares rescaling of the kept channels
     seed: int = Field(0, ge=0)
-    finetune: FinetuneConfig = FinetuneConfig()
 
     def needs_data(self) -> bool:
         return True

@@ -70,16 +70,22 @@ def random(model: nn.Module, config: RandomUnstructured, data: FinetuneData | No
     return _one_shot(model, lambda ls: core.random_scores(ls, config.seed), core.select_global, config, data)
 
 
-class Han(PruneConfig):
-    """Prune to the schedule's level, retrain `finetune.epochs` with the mask fixed, repeat for `rounds`."""
+class _Rounds(PruneConfig):
+    """Iterative magnitude pruning: `rounds` rounds of pruning and training, the zeros growing to `ratio` along
+    `schedule` (Han and Lottery)."""
 
-    method: Literal["han"] = "han"
     ratio: Ratio = 0.8  # final fraction of zero weights
     rounds: int = Field(3, ge=1, le=100)
     schedule: Literal["one_shot", "geometric", "cubic"] = "geometric"
+    finetune: FinetuneConfig = FinetuneConfig(epochs=1)  # training per round
+
+
+class Han(_Rounds):
+    """Prune to the schedule's level, retrain `finetune.epochs` with the mask fixed, repeat for `rounds`."""
+
+    method: Literal["han"] = "han"
     scope: Literal["global", "layer"] = "global"  # one threshold for all layers, or the same ratio per layer
     min_keep: int = Field(1, ge=0)
-    finetune: FinetuneConfig = FinetuneConfig(epochs=1)  # per round
 
 
 @register(Han)
@@ -95,16 +101,12 @@ def han(model: nn.Module, config: Han, data: FinetuneData | None) -> nn.Module:
     return model
 
 
-class Lottery(PruneConfig):
+class Lottery(_Rounds):
     """Iterative magnitude pruning with rewinding; the incoming weights, trained for
     `rewind_epochs`, are the rewind point (a random init and 0 gives the original lottery ticket)."""
 
     method: Literal["lottery"] = "lottery"
-    ratio: Ratio = 0.8
-    rounds: int = Field(3, ge=1, le=100)
-    schedule: Literal["one_shot", "geometric", "cubic"] = "geometric"
     rewind_epochs: int = Field(0, ge=0)  # epochs trained before the rewind point is taken
-    finetune: FinetuneConfig = FinetuneConfig(epochs=1)  # training per round
 
     def needs_data(self) -> bool:
         return True
