@@ -84,13 +84,9 @@ def _int8_graph(model: nn.Module, calibration, normalization: dict) -> nn.Module
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
-
     from .loader import DeviceLoader
 
     layers = int8_layers(model)
-    if not layers:
-        raise OrchestratorError("--int8: no layer has integer weights of 8 bits or fewer; quantize the model first "
-                                "(orchestrator quantize --bits 8)")
     model = copy.deepcopy(model).eval()
     for m in model.modules():  # XNNPACK's int8 activations replace the model's own fake quantization
         if hasattr(m, "_act_quant_hook"):
@@ -120,8 +116,11 @@ def lower(model: nn.Module, calibration=None, normalization: dict | None = None)
     XnnpackPartitioner, to_edge_transform_and_lower, _ = _executorch()
     model = model.eval()
     example = torch.zeros(1, 3, 32, 32)
-    graph = model if calibration is None else _int8_graph(model, calibration, normalization)
+    if calibration is not None and not int8_layers(model):
+        raise OrchestratorError("--int8: no layer has integer weights of 8 bits or fewer; quantize the model first "
+                                "(orchestrator quantize --bits 8)")
     try:
+        graph = model if calibration is None else _int8_graph(model, calibration, normalization)
         program = torch.export.export(graph, (example,))
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         portable = sorted({re.search(r"[\w.]+$", str(n.target).split(">")[0]).group(0)
@@ -137,7 +136,8 @@ def lower(model: nn.Module, calibration=None, normalization: dict | None = None)
         where = f"layer {layer}" if layer else "the model"
         raise OrchestratorError(f"cannot lower {where} to executorch: {type(exc).__name__}: "
                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
-    return pte.buffer, {"planned_activation_bytes": undelegated and _planned(undelegated), "delegate_planned_bytes": _planned(pte),
+    planned = None if undelegated is None else _planned(undelegated)
+    return pte.buffer, {"planned_activation_bytes": planned, "delegate_planned_bytes": _planned(pte),
                         "portable_ops": portable}
 
 

@@ -106,9 +106,17 @@ def test_deploy_logs_the_program_and_its_checks_to_the_run_that_exported_the_fil
     assert r.exit_code == 0 and f"logged to MLflow run {other}" in r.output
     one_line_error(run("deploy", quantized_export, "--mlflow", uri, "--mlflow-run", "nope", "--out", tmp_path / "x.pte"),
                    "cannot use MLflow run 'nope'")
-    client.set_tag(trial, EXPORT_TAG, "1" * 64)
+    twin = client.create_run(exp, tags={EXPORT_TAG: file_sha256(quantized_export)}).info.run_id
+    one_line_error(run("deploy", quantized_export, "--mlflow", uri, "--out", tmp_path / "x.pte"),
+                   rf"2 MLflow runs at .* logged .*q\.orcx \(.*{twin}.*\); name one with --mlflow-run")
+    for r_id in (trial, twin):
+        client.set_tag(r_id, EXPORT_TAG, "1" * 64)
     one_line_error(run("deploy", quantized_export, "--mlflow", uri, "--out", tmp_path / "x.pte"),
                    r"no MLflow run at .* logged .*q\.orcx")
+    one_line_error(run("deploy", quantized_export, "--mlflow", f"sqlite:///{tmp_path}/typo.db", "--out",
+                       tmp_path / "x.pte"), "no MLflow store at .*typo.db does not exist")
+    assert not (tmp_path / "typo.db").exists()
+    one_line_error(run("deploy", quantized_export, "--calibration-images", 8), "give --int8 too")
     one_line_error(run("deploy", quantized_export, "--mlflow-run", trial), "give --mlflow URI too")
     assert not (tmp_path / "x.pte").exists()
 

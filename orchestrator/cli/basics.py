@@ -139,8 +139,8 @@ def export_(checkpoint, out):
 @click.option("--int8", is_flag=True,
               help="Run the layers with integer weights of <= 8 bits in XNNPACK's int8 kernels (activations int8 at "
                    "ranges XNNPACK's quantizer calibrates); default: every layer in fp32, the .orcx's exact values.")
-@click.option("--calibration-images", type=click.IntRange(min=1), default=256, show_default=True,
-              help="With --int8: training images the activation ranges are calibrated on.")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=None,
+              help="With --int8: training images the activation ranges are calibrated on (default 256).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--mlflow", "tracking_uri", default=None, metavar="URI",
               help="Log the program and its checks to the MLflow run of the study trial that exported PATH "
@@ -154,16 +154,23 @@ def deploy(path, runtime, out, data_dir, images, int8, calibration_images, as_js
 
     if run_id and not tracking_uri:
         raise OrchestratorError("--mlflow-run names a run of an MLflow store: give --mlflow URI too")
+    if calibration_images is not None and not int8:
+        raise OrchestratorError("--calibration-images calibrates the int8 program: give --int8 too")
     if tracking_uri:  # the run is found before minutes of lowering and checking
         from ..study.tracking import log_deployment, run_of_export
 
         if not Path(path).is_file():
             raise OrchestratorError(f"{path}: no such file")
         client, run_id = run_of_export(None if tracking_uri == "default" else tracking_uri, path, run_id)
-    r = deploy_(path, out, runtime, data_dir, images, int8, calibration_images)
+    r = deploy_(path, out, runtime, data_dir, images, int8, calibration_images or 256)
     if tracking_uri:
-        log_deployment(client, run_id, r, runtime)
-        r["mlflow_run_id"] = run_id
+        key = f"{runtime}-int8" if int8 else runtime  # the fp32 and the int8 program of one run kept apart
+        try:
+            log_deployment(client, run_id, r, key)
+        except Exception as exc:  # the program is written: say where it is and why it is not in the run
+            raise OrchestratorError(f"{r['pte']} written, but logging it to MLflow run {run_id} failed: "
+                                    f"{str(exc).strip().splitlines()[0][:200]}") from None
+        r["mlflow_run_id"], r["mlflow_artifacts"] = run_id, f"deploy/{key}"
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
@@ -183,7 +190,7 @@ def deploy(path, runtime, out, data_dir, images, int8, calibration_images, as_js
                f"model's own bits {r['liveness_peak_bytes_own']:,.0f})")
     click.echo(f"outside the XNNPACK delegate (portable kernels): {', '.join(r['portable_ops']) or 'nothing'}")
     if tracking_uri:
-        click.echo(f"logged to MLflow run {run_id} (deploy/{runtime}/)")
+        click.echo(f"logged to MLflow run {run_id} ({r['mlflow_artifacts']}/)")
 
 
 @main.command("import")

@@ -9,7 +9,6 @@ its checkpoints load as they are.
 from __future__ import annotations
 
 import re
-
 from typing import Literal
 
 import torch
@@ -179,7 +178,7 @@ def public_resnet(state: dict) -> tuple[str, dict, int, dict]:
         stages = [state[f"layer{s}.0.conv2.weight"].shape[0] for s in (1, 2, 3)]
         num_classes = state["linear.weight"].shape[0]
     except IndexError as exc:
-        raise KeyError(exc) from None
+        raise KeyError(str(exc)) from None
     shortcut = "B" if any(".shortcut.0.weight" in k for k in state) else "A"
     arch = f"resnet{6 * len(blocks[0]) + 2}{'b' if shortcut == 'B' else ''}"
     return arch, {"shortcut": shortcut, "stages": stages, "blocks": blocks}, num_classes, state

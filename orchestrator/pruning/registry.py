@@ -39,8 +39,8 @@ class PruneConfig(BaseModel):
         family = family_of(getattr(model, "arch", ""))
         if cls.families is None or family in cls.families:
             return None
-        return (f"method {cls.model_fields['method'].default!r} does not prune {family or 'this model'} models; "
-                f"it prunes {', '.join(cls.families)}")
+        what = f"{family} models" if family else "this model"
+        return f"method {cls.model_fields['method'].default!r} does not prune {what}; it prunes {', '.join(cls.families)}"
 
     def needs_data(self) -> bool:
         """Whether the method needs training/calibration data (fine-tuning and BN recalibration count)."""

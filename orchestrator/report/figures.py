@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..plots import _pyplot  # matplotlib itself is imported on the first figure
-from ..study.pareto import PEER_MARKERS, _by_tool
+from ..study.peers import PEER_MARKERS, by_tool
 
 
 def _save(fig, out: Path, name: str) -> dict:
@@ -37,7 +37,7 @@ def pareto(d: dict, out: Path) -> dict:
             label="Pareto front")
     ax.scatter([d["dense"]["total_bytes"]], [100 * d["dense"]["val_acc"]], marker="*", s=160, color="C3", zorder=5,
                label=f"dense {d['dense']['arch']}")
-    for i, (tool, ps) in enumerate(_by_tool(d.get("peers", [])).items()):
+    for i, (tool, ps) in enumerate(by_tool(d.get("peers", [])).items()):
         ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=30, facecolors="none",
                    edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
     ax.set_xscale("log")

@@ -10,6 +10,8 @@ import csv
 import html
 from pathlib import Path
 
+from .peers import PEER_MARKERS, by_tool
+
 
 def label(p: dict) -> str:
     """A compact one-line configuration from a trial's parameters (the full pipeline is in its record)."""
@@ -117,16 +119,6 @@ def write_tables(data: list[dict], out_dir: Path, peer_lines: list[str] = ()) ->
     return csv_path, md_path
 
 
-PEER_MARKERS = "sDP^vXh<>p"  # one marker shape per tool, in the order the tools first appear
-
-
-def _by_tool(peers: list[dict]) -> dict[str, list[dict]]:
-    out: dict = {}
-    for p in peers:
-        out.setdefault(p["tool"], []).append(p)
-    return out
-
-
 def plot_png(data: list[dict], path: Path, title: str, footer: str, peers: list[dict] = ()) -> Path:
     from ..plots import _pyplot, _save
 
@@ -148,7 +140,7 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str, peers: list[
     for r in front:
         ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
-    for i, (tool, ps) in enumerate(_by_tool(list(peers)).items()):
+    for i, (tool, ps) in enumerate(by_tool(list(peers)).items()):
         ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=28, facecolors="none",
                    edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
     if data:
@@ -190,7 +182,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list
         fig.add_trace(go.Scatter(x=[x for x, _ in curve], y=[100 * y for _, y in curve], mode="lines",
                                  line=dict(shape="hv", width=1), opacity=0.7, hoverinfo="skip",
                                  name=f"{method}: best at each size", visible="legendonly"))
-    for tool, ps in _by_tool(list(peers)).items():
+    for tool, ps in by_tool(list(peers)).items():
         fig.add_trace(go.Scatter(
             x=[p["footprint_bytes"] for p in ps], y=[100 * p["val_acc"] for p in ps], mode="markers",
             name=f"peer: {tool}", marker=dict(symbol="diamond-open", size=10, color="#222"), hoverinfo="text",

@@ -8,11 +8,20 @@ study's own base, measured to the bit: a peer measured on another base cannot sh
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import OrchestratorError
 
 KEYS = ("point", "tool", "val_acc", "test_acc", "total_bits", "cpu_minutes")
+PEER_MARKERS = "sDP^vXh<>p"  # one marker shape per tool (plots), in the order the tools first appear
+
+
+def by_tool(peers: list[dict]) -> dict[str, list[dict]]:
+    out: dict = {}
+    for p in peers:
+        out.setdefault(p["tool"], []).append(p)
+    return out
 
 
 def load_peers(path, base_footprint_bytes: float, base_test_acc: float | None) -> list[dict]:
@@ -33,11 +42,15 @@ def load_peers(path, base_footprint_bytes: float, base_test_acc: float | None) -
                                     f"benchmarks/peers.py writes: one JSON object per line)") from None
         if missing:
             raise OrchestratorError(f"--peers {path}: line {i} lacks {', '.join(missing)} (needs {', '.join(KEYS)})")
-        bad = [k for k in KEYS[2:] if isinstance(row[k], bool) or not isinstance(row[k], (int, float)) or row[k] < 0]
+        if not all(isinstance(row[k], str) and row[k] for k in KEYS[:2]):
+            raise OrchestratorError(f"--peers {path}: line {i} has point={row['point']!r}, tool={row['tool']!r}; "
+                                    f"allowed: non-empty strings")
+        bad = [k for k in KEYS[2:] if isinstance(row[k], bool) or not isinstance(row[k], (int, float))
+               or not math.isfinite(row[k]) or row[k] < 0]
         if bad or row["total_bits"] == 0:
             raise OrchestratorError(f"--peers {path}: line {i} has {bad[0] if bad else 'total_bits'}="
                                     f"{row[bad[0] if bad else 'total_bits']!r}; allowed: a number >= 0 "
-                                    f"(total_bits > 0)")
+                                    f"(finite; total_bits > 0)")
         rows.append(row)
     base = next((r for r in rows if r["point"] == "base"), None)
     if base is None:

@@ -264,7 +264,7 @@ class SearchSpace(BaseModel):
 
     def suggested(self) -> dict[str, list | Range]:
         """`params()` as Optuna sees them: each list with the values only start points give it appended
-        (Optuna keeps one set of choices per parameter in a study; `runner.start_only` keeps them unproposed)."""
+        (Optuna keeps one set of choices per parameter in a study; `sampler.SearchSampler` keeps them unproposed)."""
         extra = self.start_values()
         return {k: [*v, *extra.get(k, [])] if isinstance(v, list) else v for k, v in self.params().items()}
 

@@ -87,18 +87,23 @@ def run_of_export(tracking_uri: str | None, export, run_id: str | None = None) -
     from mlflow import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # opening would create it
+        raise OrchestratorError(f"no MLflow store at {uri!r}: {uri[len('sqlite:///'):]} does not exist")
     try:
         client = MlflowClient(uri)
         if run_id:
             return client, client.get_run(run_id).info.run_id
         ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(ids, f"tags.`{EXPORT_TAG}` = '{file_sha256(export)}'", max_results=1) if ids else []
+        runs = client.search_runs(ids, f"tags.`{EXPORT_TAG}` = '{file_sha256(export)}'", max_results=5) if ids else []
     except Exception as exc:
         what = f"run {run_id!r}" if run_id else f"tracking URI {uri!r}"
         raise OrchestratorError(f"cannot use MLflow {what}: {str(exc).strip().splitlines()[0][:200]}") from None
     if not runs:
         raise OrchestratorError(f"no MLflow run at {uri!r} logged {export} (a study trial's export); name the run "
                                 f"with --mlflow-run RUN_ID")
+    if len(runs) > 1:  # a study run again into the same store, or two trials that exported the same file
+        raise OrchestratorError(f"{len(runs)} MLflow runs at {uri!r} logged {export} "
+                                f"({', '.join(r.info.run_id for r in runs)}); name one with --mlflow-run RUN_ID")
     return client, runs[0].info.run_id
 
 
