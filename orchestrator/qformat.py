@@ -99,9 +99,14 @@ def weight_format(fmt: str) -> WeightFormat:
 def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None, clip: bool = False):
     """(integer codes or None, per-channel scale or None, dequantized float tensor); `clip`: least-squares ranges."""
     handler = weight_format(fmt)
+    return rounded(w, handler, handler.bits(bits) if handler.scaled else bits, clip)
+
+
+def rounded(w: torch.Tensor, handler: WeightFormat, bits: int | None, clip: bool = False):
+    """`quantize_tensor` with the format and bits already checked: what a QAT forward pass calls, every step."""
     if not handler.scaled:
         return handler.round(w, bits)
-    codes, scale = handler.round(w, handler.bits(bits), clip)
+    codes, scale = handler.round(w, bits, clip)
     deq = (codes * scale[:, None]).reshape(w.shape).to(w.dtype)
     return codes.reshape(w.shape).to(torch.int32), scale, deq
 

@@ -17,19 +17,20 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..qformat import ActQuant, attach_act_quant_, quantize_tensor  # noqa: F401  (QAT attaches these)
+from ..qformat import ActQuant, attach_act_quant_, quantize_tensor, rounded, weight_format  # noqa: F401
 
 
 class WeightFakeQuant(nn.Module):
     def __init__(self, fmt: str, bits: int, mask: torch.Tensor | None = None, clip: bool = False):
         super().__init__()
-        self.fmt, self.bits, self.clip = fmt, bits, clip
+        self.handler = weight_format(fmt)  # checked once here, never in the forward pass
+        self.fmt, self.bits, self.clip = fmt, self.handler.bits(bits) if self.handler.scaled else bits, clip
         self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             w = w * self.mask
-        _, _, q = quantize_tensor(w.detach(), self.fmt, self.bits, self.clip)
+        _, _, q = rounded(w.detach(), self.handler, self.bits, self.clip)
         if self.mask is not None:
             q = q * self.mask  # binary codes are +-1: keep pruned positions at zero
         return w + (q - w).detach()  # STE: value q, gradient of the identity
