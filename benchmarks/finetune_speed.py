@@ -22,8 +22,17 @@ import torch.nn.functional as F
 from orchestrator.models import build_model
 from orchestrator.pruning import finalize_, prune_
 from orchestrator.qformat import attach_act_quant_
-from orchestrator.quant.fake import fake_quantize_weight_
+from orchestrator.qformat import quantize_tensor
+from orchestrator.quant.fake import WeightFakeQuant, fake_quantize_weight_
 from orchestrator.pruning.core import prunable_layers
+
+
+class CheckedFakeQuant(WeightFakeQuant):
+    def forward(self, w):
+        if self.mask is not None:
+            w = w * self.mask
+        _, _, q = quantize_tensor(w.detach(), self.fmt, self.bits, self.clip)
+        return w + (q - w).detach()
 
 
 def variants(args, device):
@@ -36,9 +45,12 @@ def variants(args, device):
         def pruned():
             return prune_(copy.deepcopy(base), {"method": "global_magnitude", "ratio": 0.7}).to(memory_format=mf)
 
-        student, qat = pruned(), finalize_(pruned())
+        student, qat, checked = pruned(), finalize_(pruned()), finalize_(pruned())
         for module in prunable_layers(qat).values():
             fake_quantize_weight_(module, "int", 4)
+        for module in prunable_layers(checked).values():  # the weight bits validated in every forward pass
+            fake_quantize_weight_(module, "int", 4)        # (before: quantize_tensor's pydantic check per step)
+            module.parametrizations.weight[0].__class__ = CheckedFakeQuant
         qat_act = {}  # W4A4: activation fake quantization in place (QAT's path) or as traceable tensor ops,
         for fused, clip in ((True, False), (False, False), (True, True)):  # with max or least-squares ranges
             qat_act[fused, clip] = finalize_(pruned())
@@ -48,6 +60,7 @@ def variants(args, device):
                     attach_act_quant_(module, 4, clip=clip).fused = fused
         t = copy.deepcopy(teacher).to(memory_format=mf)
         for name, model, kd in (("train", student, False), ("train+kd", student, True), ("qat+kd", qat, True),
+                                ("qat+kd bits checked per step", checked, True),
                                 ("qat a4+kd", qat_act[True, False], True),
                                 ("qat a4+kd traceable", qat_act[False, False], True),
                                 ("qat a4+kd mse", qat_act[True, True], True)):
