@@ -196,7 +196,7 @@ class Tracker:
 
         from mlflow.entities import Metric, RunTag
 
-        from ..footprint import format_report, measure
+        from ..footprint import format_report
         from ..footprint.export import load_export
         from .mlmodel import log_pytorch_model
 
@@ -216,10 +216,10 @@ class Tracker:
         self.client.log_batch(run_id, metrics=batch, tags=[RunTag(EXPORT_TAG, file_sha256(export))])
         if datasets:
             self.client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
-        # the footprint of the exported model: its own activation bits when quantized
-        fp = measure(model, act_bits=None if getattr(model, "act_bits", None) else f.get("act_bits"))
+        fp = result["footprint"]  # the pipeline's own measurement of the exported model, whose totals are `f`'s
+        record = {k: v for k, v in result.items() if k != "footprint"}
         with tempfile.TemporaryDirectory() as tmp:
-            files = {"record.json": json.dumps(result, indent=1), "pipeline.json": json.dumps(result["pipeline"]),
+            files = {"record.json": json.dumps(record, indent=1), "pipeline.json": json.dumps(result["pipeline"]),
                      "footprint.json": fp.model_dump_json(), "footprint.txt": format_report(fp)}
             for name, text in files.items():
                 Path(tmp, name).write_text(text)
