@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import OrchestratorError
+from .paths import writable_file
 
 RUNTIMES = {"executorch": "deploy"}  # runtime -> the optional extra that installs it
 
@@ -175,7 +176,7 @@ def deploy(path, out=None, to: str = "executorch", data_dir=None, images: int | 
         raise OrchestratorError(f"--to {to!r} is not a runtime this knows; allowed: {', '.join(RUNTIMES)}")
     _executorch()
     model, dataset, normalization = load_any(path)
-    out = Path(out) if out else Path(path).with_suffix(".pte")
+    out = writable_file(out if out else Path(path).with_suffix(".pte"))  # before minutes of lowering
     test = load_split(dataset, "test", data_dir)  # read before minutes of lowering: a bad data dir fails first
     if images is not None:
         test = test.head(images)

@@ -117,6 +117,9 @@ def test_deploy_logs_the_program_and_its_checks_to_the_run_that_exported_the_fil
                        tmp_path / "x.pte"), "no MLflow store at .*typo.db does not exist")
     assert not (tmp_path / "typo.db").exists()
     one_line_error(run("deploy", quantized_export, "--calibration-images", 8), "give --int8 too")
+    one_line_error(run("deploy", quantized_export, "--mlflow", str(tmp_path / "mlrunz")), "mlrunz does not exist")
+    assert not (tmp_path / "mlrunz").exists()
+    one_line_error(run("deploy", quantized_export, "--out", tmp_path / "q.pte" / "x.pte"), "--out")
     one_line_error(run("deploy", quantized_export, "--mlflow-run", trial), "give --mlflow URI too")
     assert not (tmp_path / "x.pte").exists()
 

@@ -110,6 +110,8 @@ def test_a_peers_file_of_another_base_or_a_bad_line_is_one_line_error_before_any
     one_line_error(run("study", "pareto", path, "--storage", storage, "--peers", bad), "line 3 has test_acc=nan")
     bad.write_text(bad.read_text().replace('"point": "p"', '"point": 7'))
     one_line_error(run("study", "pareto", path, "--storage", storage, "--peers", bad), "line 2 has point=7")
+    bad.write_text(bad.read_text().replace('"point": 7', '"point": "p"').replace("NaN", "85.1"))
+    one_line_error(run("study", "pareto", path, "--storage", storage, "--peers", bad), "line 3 has test_acc=85.1")
     bad.write_text(json.dumps({"point": "base"}) + "\n")
     one_line_error(run("study", "pareto", path, "--storage", storage, "--peers", bad), "line 1 lacks tool")
     one_line_error(run("report", path, "--storage", storage, "--peers", tmp_path / "nope.jsonl"), "cannot read it")

@@ -24,6 +24,17 @@ def by_tool(peers: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _number(v, top: float | None) -> bool:
+    """A finite number >= 0 (and <= `top`): not a bool, a string, NaN, infinity or an integer past float range."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(f) and f >= 0 and (top is None or f <= top)
+
+
 def load_peers(path, base_footprint_bytes: float, base_test_acc: float | None) -> list[dict]:
     """The peer rows of `path` (the base row left out), each with `footprint_bytes` and `compression` against
     the study's base; one-line errors for a missing file, a bad line or another base."""
@@ -37,7 +48,7 @@ def load_peers(path, base_footprint_bytes: float, base_test_acc: float | None) -
         try:
             row = json.loads(line)
             missing = [k for k in KEYS if k not in row] if isinstance(row, dict) else list(KEYS)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or an integer too long to parse
             raise OrchestratorError(f"--peers {path}: line {i} is not JSON (a peers file is what "
                                     f"benchmarks/peers.py writes: one JSON object per line)") from None
         if missing:
@@ -45,12 +56,11 @@ def load_peers(path, base_footprint_bytes: float, base_test_acc: float | None) -
         if not all(isinstance(row[k], str) and row[k] for k in KEYS[:2]):
             raise OrchestratorError(f"--peers {path}: line {i} has point={row['point']!r}, tool={row['tool']!r}; "
                                     f"allowed: non-empty strings")
-        bad = [k for k in KEYS[2:] if isinstance(row[k], bool) or not isinstance(row[k], (int, float))
-               or not math.isfinite(row[k]) or row[k] < 0]
+        bad = [k for k in KEYS[2:] if not _number(row[k], 1.0 if k.endswith("_acc") else None)]
         if bad or row["total_bits"] == 0:
             raise OrchestratorError(f"--peers {path}: line {i} has {bad[0] if bad else 'total_bits'}="
-                                    f"{row[bad[0] if bad else 'total_bits']!r}; allowed: a number >= 0 "
-                                    f"(finite; total_bits > 0)")
+                                    f"{row[bad[0] if bad else 'total_bits']!r}; allowed: a finite number >= 0 "
+                                    f"(accuracies a fraction <= 1, total_bits > 0)")
         rows.append(row)
     base = next((r for r in rows if r["point"] == "base"), None)
     if base is None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import OrchestratorError
+from ..paths import sqlite_file
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPORT_TAG = "orchestrator.export_sha256"  # a trial run's exported file: `deploy --mlflow` finds the run by it
@@ -87,8 +88,10 @@ def run_of_export(tracking_uri: str | None, export, run_id: str | None = None) -
     from mlflow import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # opening would create it
-        raise OrchestratorError(f"no MLflow store at {uri!r}: {uri[len('sqlite:///'):]} does not exist")
+    local = uri.startswith("file://") or ("://" not in uri and ("/" in uri or uri.startswith(".")))  # a folder
+    store = sqlite_file(uri.split("?")[0]) or (Path(uri.removeprefix("file://")) if local else None)
+    if store is not None and not store.exists():  # opening a local store that is not there would create it
+        raise OrchestratorError(f"no MLflow store at {uri!r}: {store} does not exist")
     try:
         client = MlflowClient(uri)
         if run_id:
