@@ -19,7 +19,7 @@ from .errors import CheckpointError, ModelSpecError
 from .models import build_model
 from .models.resnet import public_resnet
 from .paths import write_atomic
-from .qformat import attach_act_quant_, set_weight_spec_, weight_spec
+from .qformat import act_quant_of, attach_act_quant_, set_act_bits_, set_weight_spec_, weight_spec
 
 FORMAT = "orchestrator.checkpoint"
 VERSION = 1
@@ -54,7 +54,7 @@ class Checkpoint:
                 set_weight_spec_(module, q["format"], q["bits"])  # the scale comes with the state dict
             if "act_bits" in q:
                 attach_act_quant_(module, q["act_bits"])
-                model.act_bits = max(q["act_bits"], getattr(model, "act_bits", 0))
+        set_act_bits_(model)
         _load_state(model, self.state_dict)
         return model.to(device).eval()
 
@@ -103,7 +103,7 @@ def from_model(model: nn.Module, dataset: str, normalization: dict, config: dict
     quantization = {name: dict(zip(("format", "bits"), weight_spec(m)))
                     for name, m in model.named_modules() if weight_spec(m)}
     for name, m in model.named_modules():
-        if hasattr(m, "act_quant"):
+        if act_quant_of(m) is not None:
             quantization.setdefault(name, {})["act_bits"] = m.act_quant.bits
     return Checkpoint(model.arch, model.widths, model.num_classes, state, dataset,
                       {k: list(v) for k, v in normalization.items()}, config or {}, metrics or {},

@@ -32,7 +32,7 @@ from .footprint import measure
 from .footprint.export import export, load_export
 from .models import layer_groups
 from .paths import read_json, writable_file, write_json
-from .qformat import weight_spec
+from .qformat import act_quant_of, weight_spec
 from .finetune import FinetuneData, finetune
 from .pruning import finalize_, prune_, sparsity
 from .pruning.core import effective_weight, prunable_layers
@@ -67,7 +67,7 @@ def realized(model: nn.Module) -> dict:
         ws = [effective_weight(layers[n]) for n in names]
         zeros[group], sizes[group] = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
         bits[group] = sorted({(weight_spec(layers[n]) or (None, 32))[1] for n in names})
-        acts[group] = sorted({layers[n].act_quant.bits for n in names if hasattr(layers[n], "act_quant")})
+        acts[group] = sorted({q.bits for n in names if (q := act_quant_of(layers[n])) is not None})
     one = lambda b: b[0] if len(b) == 1 else b  # noqa: E731
     return {"sparsity": {g: round(zeros[g] / sizes[g], 4) for g in sizes},
             "bits": {g: one(b) for g, b in bits.items()},

@@ -219,6 +219,19 @@ def _pre_hook(module, args):
     return (module.act_quant(args[0]),) + tuple(args[1:])
 
 
+def act_quant_of(module: nn.Module) -> ActQuant | None:
+    """The quantizer of `module`'s input, None when its input stays float (the one test of that)."""
+    return getattr(module, "act_quant", None)
+
+
+def set_act_bits_(model: nn.Module) -> None:
+    """`model.act_bits`: the widest quantizer any layer carries (the footprint's default width; a model whose
+    layers differ is still accounted map by map). Left unset when no layer quantizes its input."""
+    bits = [q.bits for m in model.modules() if (q := act_quant_of(m)) is not None]
+    if bits:
+        model.act_bits = max(bits)
+
+
 def attach_act_quant_(module: nn.Module, bits: int, clip: bool = False) -> ActQuant:
     module.act_quant = ActQuant(bits, clip=clip)
     module._act_quant_hook = module.register_forward_pre_hook(_pre_hook)

@@ -27,6 +27,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import OrchestratorError
+from ..qformat import act_quant_of
 
 VIEW_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem}
 VIEW_METHODS = {"view", "flatten", "reshape", "squeeze", "unsqueeze", "contiguous", "view_as", "expand"}
@@ -91,7 +92,7 @@ def check_inputs(batch, bits) -> None:
 
 def buffer_bits(model: nn.Module, gm: fx.GraphModule, root: dict, bits: int) -> dict[fx.Node, int]:
     """Bits per stored value of each buffer: `bits`, or in a mixed model the widest quantized reader's."""
-    quants = {n: m.act_quant.bits for n, m in model.named_modules() if hasattr(m, "act_quant")}  # layer -> input bits
+    quants = {n: q.bits for n, m in model.named_modules() if (q := act_quant_of(m)) is not None}  # layer -> input bits
     buffers = set(root.values())
     if len(set(quants.values())) <= 1:
         return dict.fromkeys(buffers, bits)

@@ -29,7 +29,8 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import build_model
 from ..paths import writable_file, write_atomic
-from ..qformat import FLOAT_DTYPES, SCALED_FORMATS, attach_act_quant_, set_weight_spec_, weight_codes, weight_spec
+from ..qformat import (FLOAT_DTYPES, SCALED_FORMATS, act_quant_of, attach_act_quant_, set_act_bits_, set_weight_spec_,
+                       weight_codes, weight_spec)
 from .params import parameter_rows, zero_gaps
 
 MAGIC = b"ORCX"
@@ -135,7 +136,7 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
                         int(len(gaps)) if row["encoding"] == "relative_index" else 0])
         payload += b"".join(streams.values())
     # activation quantization: bits and calibrated range per layer input (metadata, like the widths)
-    acts = [[m.act_quant.bits, float(m.act_quant.max), int(m.act_quant.signed)] if hasattr(m, "act_quant") else 0
+    acts = [[m.act_quant.bits, float(m.act_quant.max), int(m.act_quant.signed)] if act_quant_of(m) is not None else 0
             for m in _layers(model).values()]
     header = zlib.compress(json.dumps({"arch": model.arch, "widths": model.widths, "num_classes": model.num_classes,
                                        "dataset": dataset, "normalization": normalization, "tensors": tensors,
@@ -238,7 +239,7 @@ def load_export(path) -> tuple[nn.Module, dict]:
             q = attach_act_quant_(model.get_submodule(name), a["bits"])
             q.max.fill_(a["max"])
             q.signed.fill_(a["signed"])
-            model.act_bits = max(a["bits"], getattr(model, "act_bits", 0))
+        set_act_bits_(model)
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{path}: corrupt export ({type(exc).__name__}: {exc})") from None
     return model.eval(), header

@@ -22,7 +22,8 @@ from ..loader import first_batches
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..qformat import FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_
+from ..qformat import (FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_,
+                       set_act_bits_)
 from ..values import IntBits, check, precision_bits
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
@@ -120,8 +121,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         for name, module in layers.items():
             if name != first:  # the first conv reads the 8-bit image itself
                 attach_act_quant_(module, act.get(name, config.act_bits), clip=config.act_scale == "mse")
-        # the widest quantizer attached (the stem's first conv has none); mixed: footprint reads each layer's own
-        model.act_bits = max(m.act_quant.bits for m in layers.values() if hasattr(m, "act_quant"))
+        set_act_bits_(model)  # the stem's first conv has none
     if config.method == "qat":
         for name, module in layers.items():
             if plan[name][0] != "fp32":
