@@ -69,14 +69,15 @@ def _planned(program) -> int:
 
 def int8_layers(model: nn.Module) -> list[str]:
     """The conv/linear layers whose weights are integer codes (int, binary) of at most 8 bits: int8 in XNNPACK."""
+    from .pruning.core import prunable_layers
     from .qformat import weight_format, weight_spec
 
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and weight_spec(m)
-            and weight_format(weight_spec(m)[0]).scaled and weight_spec(m)[1] <= 8]
+    return [n for n, m in prunable_layers(model).items()
+            if (spec := weight_spec(m)) and weight_format(spec[0]).scaled and spec[1] <= 8]
 
 
-def _int8_graph(model: nn.Module, calibration, normalization: dict) -> nn.Module:
-    """`model` through PT2E for XNNPACK: its int8 layers annotated, XNNPACK's observers calibrated on
+def _int8_graph(model: nn.Module, layers: list[str], calibration, normalization: dict) -> nn.Module:
+    """`model` through PT2E for XNNPACK: its int8 `layers` annotated, XNNPACK's observers calibrated on
     `calibration`, converted to quantize/dequantize pairs the partitioner fuses into int8 kernels."""
     import copy
 
@@ -86,17 +87,15 @@ def _int8_graph(model: nn.Module, calibration, normalization: dict) -> nn.Module
     from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
     from .loader import DeviceLoader
+    from .pruning.core import prunable_layers
+    from .qformat import detach_act_quant_
 
-    layers = int8_layers(model)
     model = copy.deepcopy(model).eval()
     for m in model.modules():  # XNNPACK's int8 activations replace the model's own fake quantization
-        if hasattr(m, "_act_quant_hook"):
-            m._act_quant_hook.remove()
-            del m._act_quant_hook, m.act_quant
+        detach_act_quant_(m)
     # global, with the float layers filtered out by name: a name filter on the int8 layers alone would miss the
     # fused conv + ReLU patterns, whose functional ReLU belongs to the enclosing block
-    floats = [get_module_name_filter(n) for n, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in layers]
+    floats = [get_module_name_filter(n) for n in prunable_layers(model) if n not in layers]
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     quantizer.set_filter_function(lambda node: not any(f(node) for f in floats))
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -112,16 +111,17 @@ def lower(model: nn.Module, calibration=None, normalization: dict | None = None)
     """(the `.pte` program, what it planned) of `model` at batch 1: {'planned_activation_bytes': ExecuTorch's
     memory plan of every intermediate tensor, from the same graph lowered without a delegate (XNNPACK keeps the
     tensors inside a delegated run in a workspace of its own, outside the plan); 'delegate_planned_bytes': the
-    deployed program's plan (the tensors between delegated runs); 'portable_ops': what runs outside XNNPACK}.
-    With `calibration` (a split), the int8 program (module docstring)."""
+    deployed program's plan (the tensors between delegated runs); 'portable_ops': what runs outside XNNPACK;
+    'int8_layers'}. With `calibration` (a split), the int8 program (module docstring)."""
     XnnpackPartitioner, to_edge_transform_and_lower, _ = _executorch()
     model = model.eval()
     example = torch.zeros(1, 3, 32, 32)
-    if calibration is not None and not int8_layers(model):
+    layers = int8_layers(model) if calibration is not None else []
+    if calibration is not None and not layers:
         raise OrchestratorError("--int8: no layer has integer weights of 8 bits or fewer; quantize the model first "
                                 "(orchestrator quantize --bits 8)")
     try:
-        graph = model if calibration is None else _int8_graph(model, calibration, normalization)
+        graph = model if calibration is None else _int8_graph(model, layers, calibration, normalization)
         program = torch.export.export(graph, (example,))
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         portable = sorted({re.search(r"[\w.]+$", str(n.target).split(">")[0]).group(0)
@@ -139,7 +139,7 @@ def lower(model: nn.Module, calibration=None, normalization: dict | None = None)
                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
     planned = None if undelegated is None else _planned(undelegated)
     return pte.buffer, {"planned_activation_bytes": planned, "delegate_planned_bytes": _planned(pte),
-                        "portable_ops": portable}
+                        "portable_ops": portable, "int8_layers": layers}
 
 
 @torch.no_grad()
@@ -171,6 +171,7 @@ def deploy(path, out=None, to: str = "executorch", data_dir=None, images: int | 
     from .checkpoint import load_any
     from .data import load_split
     from .footprint import measure
+    from .pruning.core import prunable_layers
 
     if to not in RUNTIMES:
         raise OrchestratorError(f"--to {to!r} is not a runtime this knows; allowed: {', '.join(RUNTIMES)}")
@@ -184,13 +185,12 @@ def deploy(path, out=None, to: str = "executorch", data_dir=None, images: int | 
     buffer, lowered = lower(model, calibration, normalization)
     out.write_bytes(buffer)
     fp32, at8, own = measure(model, act_bits=32), measure(model, act_bits=8), measure(model)
-    quantized = int8_layers(model) if int8 else []
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return {"pte": str(out), "pte_bytes": len(buffer), "source": str(path), "source_bytes": Path(path).stat().st_size,
             "accounted_param_bytes": own.param_bits / 8, "runtime_activation_bits": 8 if int8 else 32,
             "liveness_peak_bytes_fp32": fp32.activation_peak_bits / 8,
-            "liveness_peak_bytes_int8": at8.activation_peak_bits / 8, "liveness_peak_bytes_own": own.activation_peak_bits / 8, "int8_layers": quantized,
-            "float_layers": [n for n in layers if n not in quantized], **lowered,
+            "liveness_peak_bytes_int8": at8.activation_peak_bits / 8,
+            "liveness_peak_bytes_own": own.activation_peak_bits / 8,
+            "float_layers": [n for n in prunable_layers(model) if n not in lowered["int8_layers"]], **lowered,
             **compare(out, model, test, normalization)}
 
 

@@ -49,11 +49,12 @@ def hold_zeros_(model: nn.Module) -> None:
             torch_prune.custom_from_mask(module, "weight", w != 0)
 
 
-def _sizes(model: nn.Module, act_bits: int | None, keep: dict | None = None) -> dict:
-    """The footprint's totals as a record holds them; `keep`: also the whole Footprint, under 'footprint'."""
-    fp = measure(model, act_bits=act_bits)
-    if keep is not None:
-        keep["footprint"] = fp
+def _sizes(model: nn.Module, act_bits: int | None) -> dict:
+    return _totals(measure(model, act_bits=act_bits))
+
+
+def _totals(fp) -> dict:
+    """A Footprint's totals, as a record holds them."""
     return {"params": fp.params, "nonzero": fp.nonzero, "param_bits": fp.param_bits, "act_bits": fp.act_bits,
             "activation_peak_bits": fp.activation_peak_bits, "total_bits": fp.total_bits, "macs": fp.macs,
             "macs_sparse": fp.macs_sparse}
@@ -277,9 +278,9 @@ class _Run:
             info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
             exported, _ = load_export(export_path)
         test_acc = self.evaluate(exported.to(self.device), self.test)
-        measured: dict = {}
         with self.timer("footprint"):
-            sizes = _sizes(exported.cpu(), self.config.act_bits, measured)
+            fp = measure(exported.cpu(), act_bits=self.config.act_bits)
+        sizes = _totals(fp)
         final = {"test_acc": test_acc, "base_test_acc": records[0]["test_acc"], **sizes,
                  "file_bytes": info["file_bytes"], "payload_bytes": info["payload_bytes"]}
         final["realized"] = realized(exported)
@@ -296,7 +297,7 @@ class _Run:
                                             {"pipeline": dumped, "base": self.base, "teacher": teacher}, metrics))
             write_json(out.with_suffix(".json"), result)
             shutil.rmtree(self.work)
-        return {**result, **measured}  # the Footprint in memory only: a study's tracker logs it, never measures again
+        return {**result, "footprint": fp}  # in memory only: a study's tracker logs it, never measures again
 
 
 def _teacher(path, student, device):

@@ -99,7 +99,7 @@ def weight_format(fmt: str) -> WeightFormat:
 def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None, clip: bool = False):
     """(integer codes or None, per-channel scale or None, dequantized float tensor); `clip`: least-squares ranges."""
     handler = weight_format(fmt)
-    return rounded(w, handler, handler.bits(bits) if handler.scaled else bits, clip)
+    return rounded(w, handler, handler.bits(bits), clip)
 
 
 def rounded(w: torch.Tensor, handler: WeightFormat, bits: int | None, clip: bool = False):
@@ -236,3 +236,10 @@ def attach_act_quant_(module: nn.Module, bits: int, clip: bool = False) -> ActQu
     module.act_quant = ActQuant(bits, clip=clip)
     module._act_quant_hook = module.register_forward_pre_hook(_pre_hook)
     return module.act_quant
+
+
+def detach_act_quant_(module: nn.Module) -> None:
+    """Undo `attach_act_quant_`: `module`'s input stays float again (nothing when it has no quantizer)."""
+    if act_quant_of(module) is not None:
+        module._act_quant_hook.remove()
+        del module._act_quant_hook, module.act_quant

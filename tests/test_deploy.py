@@ -136,7 +136,8 @@ def test_int8_runs_the_integer_layers_in_int8_kernels_and_keeps_a_float_format_l
     for n in layers:
         quantize_weight_(model.get_submodule(n), "fp16" if n == layers[2] else "int", 4)
     assert int8_layers(model) == [n for n in layers if n != layers[2]]
-    graph = _int8_graph(model, load_split("cifar10", "train", cifar10_dir).head(16), ckpt.normalization)
+    graph = _int8_graph(model, int8_layers(model), load_split("cifar10", "train", cifar10_dir).head(16),
+                        ckpt.normalization)
     per_channel = [n for n in graph.graph.nodes if "dequantize_per_channel" in str(n.target)]
     assert len(per_channel) == len(layers) - 1  # one int8 weight per integer layer, none for the fp16 one
     r = run("deploy", quantized_export, "--out", tmp_path / "f.pte", "--data-dir", cifar10_dir, "--images", 10, "--json")

@@ -24,7 +24,7 @@ class WeightFakeQuant(nn.Module):
     def __init__(self, fmt: str, bits: int, mask: torch.Tensor | None = None, clip: bool = False):
         super().__init__()
         self.handler = weight_format(fmt)  # checked once here, never in the forward pass
-        self.fmt, self.bits, self.clip = fmt, self.handler.bits(bits) if self.handler.scaled else bits, clip
+        self.fmt, self.bits, self.clip = fmt, self.handler.bits(bits), clip
         self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from ..footprint.activations import activation_report
 from ..pruning import METHODS, sparsity
 from ..study import status
 from ..study.pareto import method_curves, rows
+from ..study.peers import study_minutes
 from ..workflows import environment
 
 ANSWER_FLOOR = 0.05  # a budget's answer is at most this far below the dense model (validation), unless the
@@ -30,12 +31,6 @@ DESCRIPTIONS = {
     "thinet": "Luo et al. 2017: remove the channels the next layer reconstructs best without, refit (seed method 4)",
     "slimming": "Liu et al. 2017: L1 on BN scales while training, remove the smallest scales globally",
 }
-
-
-def _duration(t) -> float:
-    if t.datetime_start and t.datetime_complete:
-        return (t.datetime_complete - t.datetime_start).total_seconds()
-    return 0.0
 
 
 def memory_profile(model) -> dict:
@@ -129,9 +124,10 @@ def collect(study, space) -> dict:
             "answer": answer, "floor": floor, "infeasible": sum(not r["feasible"] for r in data),
             "profiles": profiles, "smallest_near_dense": smallest, "best": best, "best_model": best_model,
             "by_bits": dict(sorted(by_bits.items(), reverse=True)), "kd": _kd(data), "curves": curves,
-            "importances": _importances(study, space, [trials[r["trial"]] for r in data]), "counts": status(study), "environment": environment(),
+            "importances": _importances(study, space, [trials[r["trial"]] for r in data]),
+            "counts": status(study), "environment": environment(),
             "methods": {m: DESCRIPTIONS[m] if m in DESCRIPTIONS else (METHODS[m][0].__doc__ or m).splitlines()[0]
                         for m in methods},
-            "hours": sum(_duration(t) for t in trials.values()) / 3600,
+            "hours": study_minutes(study) / 60,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "pipelines": {r["trial"]: trials[r["trial"]].user_attrs.get("pipeline") for r in front}}

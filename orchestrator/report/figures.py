@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..plots import _pyplot  # matplotlib itself is imported on the first figure
-from ..study.peers import PEER_MARKERS, by_tool
+from ..study.pareto import plot_peers
 
 
 def _save(fig, out: Path, name: str) -> dict:
@@ -37,9 +37,7 @@ def pareto(d: dict, out: Path) -> dict:
             label="Pareto front")
     ax.scatter([d["dense"]["total_bytes"]], [100 * d["dense"]["val_acc"]], marker="*", s=160, color="C3", zorder=5,
                label=f"dense {d['dense']['arch']}")
-    for i, (tool, ps) in enumerate(by_tool(d.get("peers", [])).items()):
-        ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=30, facecolors="none",
-                   edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
+    plot_peers(ax, d.get("peers", []))
     ax.set_xscale("log")
     ax.set(xlabel="total footprint: parameters + peak activations (bytes, log)", ylabel="validation accuracy (%)")
     ax.grid(alpha=0.3, which="both")

@@ -10,7 +10,7 @@ import csv
 import html
 from pathlib import Path
 
-from .peers import PEER_MARKERS, by_tool
+from .peers import PEER_MARKERS, by_tool, compare, load_peers, markdown, study_minutes
 
 
 def label(p: dict) -> str:
@@ -140,9 +140,7 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str, peers: list[
     for r in front:
         ax.annotate(r["label"], (r["footprint_bytes"], 100 * r["val_acc"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
-    for i, (tool, ps) in enumerate(by_tool(list(peers)).items()):
-        ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=28, facecolors="none",
-                   edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
+    plot_peers(ax, peers)
     if data:
         ax.scatter([data[0]["base_footprint_bytes"]], [100 * data[0]["base_val_acc"]], marker="*", s=120, color="C3",
                    label="dense base model", zorder=5)
@@ -152,6 +150,14 @@ def plot_png(data: list[dict], path: Path, title: str, footer: str, peers: list[
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _save(fig, path, footer)
+
+
+def plot_peers(ax, peers) -> None:
+    """The peers' points on a matplotlib axis (accuracy on the validation split, as the front's): black outlines,
+    one marker shape per tool."""
+    for i, (tool, ps) in enumerate(by_tool(list(peers)).items()):
+        ax.scatter([p["footprint_bytes"] for p in ps], [100 * p["val_acc"] for p in ps], s=28, facecolors="none",
+                   edgecolors="k", marker=PEER_MARKERS[i % len(PEER_MARKERS)], label=f"peer: {tool}", zorder=4)
 
 
 def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list[dict] = ()) -> Path:
@@ -224,8 +230,6 @@ def with_peers(study, data: list[dict], peers_file) -> tuple[list[dict], list[st
     their Markdown rows; nothing without a file."""
     if peers_file is None or not data:
         return [], []
-    from .peers import compare, load_peers, markdown, study_minutes
-
     peers = compare(load_peers(peers_file, data[0]["base_footprint_bytes"], data[0]["base_test_acc"]),
                     [r for r in data if r["pareto"]])
     return peers, markdown(peers, data[0]["base_test_acc"], study_minutes(study))

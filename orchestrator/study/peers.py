@@ -94,9 +94,9 @@ def study_minutes(study) -> float:
                if t.datetime_start and t.datetime_complete) / 60
 
 
-def markdown(peers: list[dict], base_test_acc: float | None, study_minutes: float) -> list[str]:
+def markdown(peers: list[dict], base_test_acc: float | None, minutes: float) -> list[str]:
     """The peers' rows of the Pareto table: tool, point, sizes, accuracies, CPU minutes and who dominates it."""
-    out = [f"Peers on the same base (`benchmarks/peers.py`); the study's trials took {study_minutes:.1f} min in all. "
+    out = [f"Peers on the same base (`benchmarks/peers.py`); the study's trials took {minutes:.1f} min in all. "
            "Dominated: a front trial at most as large with at least the peer's test accuracy.", "",
            "| tool | point | val acc | test acc | vs base (test) | footprint (bytes) | compression | CPU min "
            "| dominated by |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
