@@ -123,13 +123,15 @@ class StepCache:
 
 
 def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, device="cpu", progress=False,
-                 cache_dir=None, evaluate_steps: bool = True) -> dict:
+                 cache_dir=None, evaluate_steps: bool = True, test: bool = True) -> dict:
     """Run every step; returns {'steps': [...records], 'final': {...}, 'export': path, 'footprint': the exported
     model's Footprint (in memory only: the written record holds its totals)}.
 
     Resumable (finished steps are kept in `<out>.work/`); with `cache_dir`, steps are shared with
     other pipelines through a `StepCache`. Without `evaluate_steps` only the last step is evaluated (a
-    study trial: its objective is the last step's accuracy; the others' stay None in the record).
+    study trial: its objective is the last step's accuracy; the others' stay None in the record). Without
+    `test` the exported model is not evaluated on the test set (`final.test_acc` None): a study measures
+    test accuracy for its final front only (`study.runner.test_front`).
     """
     base = base or config.base
     if not base:
@@ -138,7 +140,7 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     timer = Timer()
     with timer("load"):
         model, ckpt = load_model(base, device)
-    run = _Run(config, str(base), ckpt, device, progress, timer, evaluate_steps)
+    run = _Run(config, str(base), ckpt, device, progress, timer, evaluate_steps, test)
     run.load_data(data_dir, cache_dir)  # a data-dependent error comes before the store is written
     run.work = _open_store(out.with_name(out.name + ".work"), config, base)
     model, records = run.steps(model, run.base_record(model))
@@ -173,6 +175,7 @@ class _Run:
     progress: bool
     timer: Timer
     evaluate_steps: bool
+    test_final: bool = True
     work: Path | None = None
     train_split: object = None
     val: object = None
@@ -277,7 +280,7 @@ class _Run:
         with self.timer("export"):
             info = export(model.cpu(), export_path, dataset=ckpt.dataset, normalization=ckpt.normalization)
             exported, _ = load_export(export_path)
-        test_acc = self.evaluate(exported.to(self.device), self.test)
+        test_acc = self.evaluate(exported.to(self.device), self.test) if self.test_final else None
         with self.timer("footprint"):
             fp = measure(exported.cpu(), act_bits=self.config.act_bits)
         sizes = _totals(fp)

@@ -11,6 +11,28 @@ from orchestrator.study.runner import open_study, status
 
 
 
+def _front_has_test_accuracy_and_nothing_else(st, runs, cifar10_dir):
+    """The test set is read once per final front trial, on its exported file; the accuracy is in the Pareto rows,
+    the trial's record file and its MLflow run. A trial never on the front has none (no test-set read)."""
+    from orchestrator.data import load_split
+    from orchestrator.footprint.export import load_export
+    from orchestrator.study.pareto import rows
+    from orchestrator.train import evaluate
+
+    by_trial = {r["trial"]: r for r in rows(st)}
+    test = load_split("cifar10", "test", cifar10_dir)
+    for x in runs:
+        r = by_trial[int(x.data.tags["orchestrator.trial"])]
+        record = json.loads(open(st.trials[r["trial"]].user_attrs["export"].replace(".orcx", ".json")).read())
+        if r["pareto"]:
+            model, header = load_export(st.trials[r["trial"]].user_attrs["export"])
+            want = evaluate(model, test, header["normalization"])["acc"]
+            assert r["test_acc"] == want == x.data.metrics["test_acc"] == record["final"]["test_acc"]
+        else:
+            assert r["test_acc"] is None and "test_acc" not in x.data.metrics and record["final"]["test_acc"] is None
+    assert any(r["pareto"] for r in by_trial.values())
+
+
 def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in_tmp):
     import mlflow
     path = space_file(in_tmp, base)
@@ -36,7 +58,8 @@ def test_tiny_study_runs_end_to_end_into_sqlite_and_mlflow(base, cifar10_dir, in
     trials = [x for x in runs if x.data.tags.get("orchestrator.kind") == "trial"]
     assert len(parent) == 1 and len(trials) == 4
     assert all(x.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for x in trials)
-    assert all({"val_acc", "test_acc", "footprint_bytes"} <= set(x.data.metrics) for x in trials)
+    assert all({"val_acc", "footprint_bytes"} <= set(x.data.metrics) for x in trials)
+    _front_has_test_accuracy_and_nothing_else(st, trials, cifar10_dir)
     assert {x.data.tags["orchestrator.pareto"] for x in trials} <= {"true", "false"}
     assert sum(x.data.tags["orchestrator.pareto"] == "true" for x in trials) == len(st.best_trials)
     arts = [a.path for a in client.list_artifacts(trials[0].info.run_id)]
@@ -328,3 +351,45 @@ def test_workers_option_runs_local_processes_with_a_share_of_the_cores(base, cif
     assert 4 <= len(complete) <= 5 and len({t.number for t in st.trials}) == len(st.trials)
     one_line_error(run("study", "run", path, "--storage", storage, "--data-dir", in_tmp / "nowhere", "--workers", "2"),
                    "nowhere")  # preflight once, before any worker starts
+
+
+def test_a_study_killed_before_its_front_was_tested_measures_it_on_the_next_run(base, cifar10_dir, in_tmp,
+                                                                                 monkeypatch):
+    """Trials never read the test set; the front's test accuracies are measured at the end, and a run that ended
+    before that (killed) leaves them to the next `study run`, which measures each once and nothing else."""
+    from orchestrator.study import runner
+    from orchestrator.study.pareto import rows
+
+    path = space_file(in_tmp, base, budget={"trials": 2})
+    kw = dict(storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
+              tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    monkeypatch.setattr(runner, "test_front", lambda *a, **k: [])  # killed between the last trial and the test
+    st = run_study(load_space(path), **kw)
+    assert all(r["test_acc"] is None for r in rows(st))
+    monkeypatch.undo()
+    measured = []
+    real = runner.test_front
+    monkeypatch.setattr(runner, "test_front", lambda *a, **k: measured.append(real(*a, **k)) or measured[-1])
+    st = run_study(load_space(path), **kw)  # the budget is spent: no trial runs, the front is tested
+    front = [r["trial"] for r in rows(st) if r["pareto"]]
+    assert measured == [front] and all((r["test_acc"] is not None) == r["pareto"] for r in rows(st))
+    assert runner.test_front(st, cifar10_dir) == []  # each front trial once
+
+
+def test_the_timeout_counts_the_start_points_measurement(base, cifar10_dir, in_tmp, monkeypatch):
+    """`budget.timeout_minutes` bounds the whole `study run`: a start (e.g. the automatic one) that spends it
+    leaves no time for a trial, and the study still ends cleanly with its (empty) Pareto files."""
+    import time
+
+    from orchestrator.study import runner
+
+    path = space_file(in_tmp, base, budget={"trials": 4, "timeout_minutes": 0.1})  # 6 s
+    real = runner.start_points
+    monkeypatch.setattr(runner, "start_points", lambda *a, **k: time.sleep(7.0) or real(*a, **k))
+    st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
+                   tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    assert runner.finished(st) == 0 and (in_tmp / "s" / "tiny" / "pareto" / "pareto.md").is_file()
+    monkeypatch.undo()
+    st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
+                   tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    assert runner.finished(st) >= 1  # the same budget without the slow start runs a trial

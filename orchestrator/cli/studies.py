@@ -64,7 +64,7 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
                  name=None):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
-    from ..study.runner import preflight, publish, start_points
+    from ..study.runner import preflight, publish, start_points, test_front
     from ..study.tracking import Tracker
     from ..study.workers import run_workers
 
@@ -81,7 +81,9 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     click.echo(f"{space.name}: {status(st)}")
     if code:
         raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
-    files = publish(st, space, Tracker(tracking_uri, space.name), out_dir,  # once, after every worker
+    tracker = Tracker(tracking_uri, space.name)
+    test_front(st, data_dir, _device(device), tracker)  # what a worker that ended early left unmeasured
+    files = publish(st, space, tracker, out_dir,  # once, after every worker
                     footer=f"orchestrator study pareto {space_file} --storage {storage}")
     click.echo(f"Pareto front -> {files[-1]}")
 

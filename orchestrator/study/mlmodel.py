@@ -54,7 +54,7 @@ def pick_front_model(rows: list[dict], trial: int | None = None, max_drop: float
             raise OrchestratorError(f"--trial {trial}: no finished trial with that number; finished: "
                                     f"{', '.join(str(r['trial']) for r in done) or 'none'}")
         return found[0]
-    front = [r for r in done if r["pareto"] and r.get("base_test_acc") is not None
+    front = [r for r in done if r["pareto"] and r.get("base_test_acc") is not None and r["test_acc"] is not None
              and r["base_test_acc"] - r["test_acc"] <= max_drop]
     if not front:
         raise OrchestratorError(f"no front model is within {100 * max_drop:g} test points of the base; "
@@ -85,9 +85,11 @@ def _register(client, name: str, row: dict) -> tuple[str, str]:
         filter_string=f"source_run_id = '{run_id}'")]
     if not models:
         raise OrchestratorError(f"trial {row['trial']} (run {run_id}) has no logged MLflow Model to register")
-    tags = {"trial": str(row["trial"]), "test_acc": f"{row['test_acc']:.4f}", "val_acc": f"{row['val_acc']:.4f}",
+    tags = {"trial": str(row["trial"]), "val_acc": f"{row['val_acc']:.4f}",
             "footprint_bytes": f"{row['footprint_bytes']:.0f}", "configuration": row["label"][:500]}
-    if row.get("base_test_acc") is not None:
+    if row["test_acc"] is not None:  # measured for final front trials only
+        tags["test_acc"] = f"{row['test_acc']:.4f}"
+    if row["test_acc"] is not None and row.get("base_test_acc") is not None:
         tags["test_points_vs_base"] = f"{100 * (row['test_acc'] - row['base_test_acc']):+.2f}"
     try:
         client.get_registered_model(name)

@@ -37,6 +37,10 @@ def label(p: dict) -> str:
     return " ".join(out) or "dense base"
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"  # a test accuracy is measured for final front trials only
+
+
 def feasible(t) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
@@ -47,16 +51,22 @@ def ran(t) -> bool:
     return t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs
 
 
+TEST_ATTR = "test_acc:"  # + trial number: a study attribute, the test accuracy measured for the final front
+
+
 def rows(study) -> list[dict]:
     """One row per complete trial (repeats of a finished configuration left out), with `feasible` (the
-    space's accuracy floor) and `pareto` marking the front among the feasible trials."""
+    space's accuracy floor) and `pareto` marking the front among the feasible trials. `test_acc` is None
+    for a trial that was never on a final front (`runner.test_front`)."""
     trials = [t for t in study.get_trials(deepcopy=False) if ran(t)]
+    tested = study.user_attrs
     out = []
     for t in trials:
         a, p = t.user_attrs, t.params
+        test = a.get("test_acc")
         out.append({"trial": t.number, "feasible": feasible(t), "label": label(p), **p,
-                    "proposed_by": a.get("proposed_by", "sampler"),
-                    "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"),
+                    "proposed_by": a.get("proposed_by", "sampler"), "val_acc": a.get("val_acc"),
+                    "test_acc": tested.get(f"{TEST_ATTR}{t.number}") if test is None else test,
                     "footprint_bytes": a.get("total_bits", 0) / 8, "param_bytes": a.get("param_bits", 0) / 8,
                     "activation_peak_bytes": a.get("activation_peak_bits", 0) / 8, "macs": a.get("macs_sparse"),
                     "compression": a.get("compression"), "base_val_acc": a.get("base_val_acc"),
@@ -112,7 +122,7 @@ def write_tables(data: list[dict], out_dir: Path, peer_lines: list[str] = ()) ->
              "| compression |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         if r["pareto"]:
-            lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
+            lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {_pct(r['test_acc'])} | "
                          f"{r['footprint_bytes']:,.0f} | {r['param_bytes']:,.0f} | {r['activation_peak_bytes']:,.0f} | "
                          f"{r['compression']:.1f}x |")
     md_path.write_text("\n".join([*lines, *([""] + list(peer_lines) if peer_lines else [])]) + "\n")
@@ -167,7 +177,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list
 
     def hover(r):
         return (f"trial {r['trial']}: {html.escape(r['label'])}<br>val {100 * r['val_acc']:.2f}%, "
-                f"test {100 * r['test_acc']:.2f}%<br>footprint {r['footprint_bytes']:,.0f} B "
+                f"test {_pct(r['test_acc'])}<br>footprint {r['footprint_bytes']:,.0f} B "
                 f"({r['compression']:.1f}x smaller)")
 
     fig = go.Figure()
@@ -203,7 +213,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list
                       xaxis=dict(type="log", title="total footprint: parameters + peak activations (bytes, log scale)"),
                       yaxis=dict(title="validation accuracy (%)"))
     table = "".join(f"<tr><td>{r['trial']}</td><td>{html.escape(r['label'])}</td><td>{100 * r['val_acc']:.2f}%</td>"
-                    f"<td>{100 * r['test_acc']:.2f}%</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
+                    f"<td>{_pct(r['test_acc'])}</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body style='font-family:sans-serif'>{fig.to_html(full_html=False, include_plotlyjs=True)}"
             f"<table border='1' cellpadding='4'><tr><th>trial</th><th>configuration</th><th>val</th><th>test</th>"

@@ -20,7 +20,7 @@ from ..errors import OrchestratorError
 from ..paths import sqlite_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
-from .pareto import export_pareto, ran, rows
+from .pareto import TEST_ATTR, export_pareto, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
 from .space import SearchSpace, _listed
 from .tracking import PARENT_ATTR, Tracker
@@ -238,7 +238,9 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     """Run trials until the budget's finished-trial count (or `trials` more, or the timeout); returns the study.
 
     The study's MLflow parent run is RUNNING while a worker runs trials, gets the Pareto files when the
-    worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt)."""
+    worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt). The budget's timeout
+    counts from here: the automatic start points' measurement is part of it."""
+    began = time.monotonic()
     datasets = preflight(space, data_dir, out_dir, storage, tracking_uri)
     study = open_study(space, storage, start=start_points(space, storage, data_dir, out_dir, device))
     tracker = Tracker(tracking_uri, space.name)
@@ -248,14 +250,52 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
                                                    searched))
     try:
-        TrialRunner(space, study, tracker, parent, data_dir, out_dir, device, progress, on_trial, datasets).run(trials)
+        TrialRunner(space, study, tracker, parent, data_dir, out_dir, device, progress, on_trial, datasets).run(
+            trials, began)
     except BaseException as exc:
         tracker.client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
     if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
-        publish(study, space, tracker, out_dir, footer)  # else another worker is still at it: the last one publishes
+        test_front(study, data_dir, device, tracker)  # else another worker is still at it: the last one
+        publish(study, space, tracker, out_dir, footer)  # measures the front's test accuracy and publishes
     return study
+
+
+def test_front(study, data_dir=None, device="cpu", tracker: Tracker | None = None) -> list[int]:
+    """The test accuracy of every front trial's exported model that has none yet, measured once at the end.
+
+    A trial measures only what the search reads (validation accuracy, footprint); the test set is read for
+    the models a study answers with, never for selection. Each value goes in a study attribute (`rows`
+    reads it), the trial's record file and its MLflow run as it is measured, so a killed run measures only
+    the rest next time. Returns the trials measured."""
+    todo = [r for r in rows(study) if r["pareto"] and r["test_acc"] is None]
+    if not todo:
+        return []
+    from ..data import load_split
+    from ..footprint.export import load_export
+    from ..train import evaluate
+    from ..paths import read_json, write_json
+
+    trials, split = {t.number: t for t in study.get_trials(deepcopy=False)}, None
+    log = logging.getLogger("orchestrator.study")
+    for r in todo:
+        export = Path(trials[r["trial"]].user_attrs["export"])
+        if not export.is_file():
+            log.warning("trial %d: %s is gone, so its test accuracy is not measured", r["trial"], export)
+            continue
+        model, header = load_export(export)
+        split = split or load_split(header["dataset"], "test", data_dir)
+        acc = evaluate(model.to(device), split, header["normalization"], device)["acc"]
+        study.set_user_attr(f"{TEST_ATTR}{r['trial']}", acc)
+        record = read_json(export.with_suffix(".json"), None)
+        if record is not None:
+            record["final"]["test_acc"] = acc
+            write_json(export.with_suffix(".json"), record)
+        if tracker is not None and r.get("mlflow_run_id"):
+            tracker.client.log_metric(r["mlflow_run_id"], "test_acc", acc)
+        log.info("trial %d (front): test %.2f%%", r["trial"], 100 * acc)
+    return [r["trial"] for r in todo]
 
 
 def publish(study, space: SearchSpace, tracker: Tracker, out_dir, footer: str = "") -> list[Path]:
@@ -295,15 +335,15 @@ class TrialRunner:
     def idle(self) -> int:
         return len(self.duplicates) + len(self.vetoed)
 
-    def run(self, trials: int | None = None) -> None:
-        """Trials until the budget's finished-trial count (or `trials` more, or the timeout); then the front
-        tagged in MLflow."""
+    def run(self, trials: int | None = None, began: float | None = None) -> None:
+        """Trials until the budget's finished-trial count (or `trials` more, or the timeout from `began`, a
+        `time.monotonic()`, default now: no trial starts after it); then the front tagged in MLflow."""
         study, space = self.study, self.space
         warning = space.validation_warning()
         if warning:
             self.log.warning("study %s: %s", space.name, warning)
         minutes = space.budget.timeout_minutes
-        deadline = time.monotonic() + minutes * 60 if minutes else None
+        deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
         while finished(study) < self.target and self.idle() <= self.most_idle:
@@ -365,7 +405,8 @@ class TrialRunner:
         ckpt = self.out / f"trial{trial.number:04d}.pt"
         try:
             result = run_pipeline(pipeline, data_dir=self.data_dir, out=ckpt, device=self.device,
-                                  progress=self.progress, cache_dir=self.out / "cache", evaluate_steps=False)
+                                  progress=self.progress, cache_dir=self.out / "cache", evaluate_steps=False,
+                                  test=False)  # the test set is for the final front only (test_front)
         except Exception as exc:  # recorded as a failed trial with its reason; the study goes on
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -433,4 +474,5 @@ def status(study) -> dict:
     return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
 
 
-__all__ = ["DEFAULT_STORAGE", "open_study", "start_points", "run_study", "status", "storage_for", "finished"]
+__all__ = ["DEFAULT_STORAGE", "open_study", "start_points", "run_study", "status", "storage_for", "finished",
+           "test_front"]

@@ -144,7 +144,8 @@ class Sampler(BaseModel):
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trials: int = Field(ge=1)  # finished trials (complete or failed) the study stops at
-    timeout_minutes: float | None = Field(None, gt=0)  # per `study run` invocation
+    timeout_minutes: float | None = Field(None, gt=0)  # per `study run`, its automatic start included; no trial
+    # starts after it (the running one finishes)
 
 
 class SearchSpace(BaseModel):

@@ -211,7 +211,8 @@ class Tracker:
                    "macs": f["macs"], "macs_sparse": f["macs_sparse"], "nonzero": f["nonzero"],
                    "compression": f["compression"], "file_bytes": f["file_bytes"]}
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()
+                 if v is not None]  # a study's trial has no test accuracy until it is on the final front
         for i, s in enumerate(result["steps"]):
             batch += [Metric("step_footprint_bytes", s["total_bits"] / 8, now, i)]
             if s.get("eval_acc") is not None:  # a study evaluates only the base and the last step
