@@ -61,11 +61,13 @@ def main():
         with torch.no_grad():
             s = autostart.screen(space, base, dict(t.params), probe)
         rows.append((t.number, t.user_attrs.get("proposed_by", "sampler"), s, t.user_attrs["val_acc"],
-                     t.user_attrs["test_acc"], time.perf_counter() - t0))
+                     t.user_attrs.get("test_acc") or study.user_attrs.get(f"test_acc:{t.number}"),
+                     time.perf_counter() - t0))
     print("| trial | proposed by | screen (zero-shot) | fine-tuned val | fine-tuned test | screen seconds |")
     print("|---:|---|---:|---:|---:|---:|")
     for n, by, s, v, te, sec in rows:
-        print(f"| {n} | {by} | {100 * s:.2f}% | {100 * v:.2f}% | {100 * te:.2f}% | {sec:.1f} |")
+        shown = "n/a" if te is None else f"{100 * te:.2f}%"  # measured for the final front only
+        print(f"| {n} | {by} | {100 * s:.2f}% | {100 * v:.2f}% | {shown} | {sec:.1f} |")
     screen, val_acc = [r[2] for r in rows], [r[3] for r in rows]
     print(f"\nSpearman rho (screen vs fine-tuned validation accuracy) over {len(rows)} trials: "
           f"{spearman(screen, val_acc):+.3f}")

@@ -1,8 +1,8 @@
 """A study's front against the targets of the studies issue, on test accuracy of the exported models:
 the smallest footprint within 1 and 3 points of the dense base, and the number of front points
-within 5 points.
+within 5 points; then each trial's time per stage (its record's `timings`), training and the rest apart.
 
-    python benchmarks/study_targets.py search_spaces/quick_cpu.yaml --storage sqlite:///runs/evidence/studies.db
+    python benchmarks/study_targets.py search_spaces/quick_cpu.yaml [--base FILE] [--storage URL]
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("space")
     p.add_argument("--storage", default="sqlite:///runs/studies.db")
+    p.add_argument("--base", help="the space run on this checkpoint (`study run --base`)")
     args = p.parse_args()
-    study = open_study(load_space(args.space), args.storage, create=False)
+    study = open_study(load_space(args.space, base=args.base), args.storage, create=False)
     data = rows(study)
     front = [r for r in data if r["pareto"]]
     base_test, base_bytes = data[0]["base_test_acc"], data[0]["base_footprint_bytes"]
@@ -31,14 +32,43 @@ def main():
           "|---:|---|---|---:|---:|---:|---:|---:|")
     for r in front:
         print(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | "
-              f"{100 * r['test_acc']:.2f}% | {100 * (r['test_acc'] - base_test):+.2f} | {r['footprint_bytes']:,.0f} B | "
+              f"{_pct(r['test_acc'])} | {_points(r['test_acc'], base_test)} | {r['footprint_bytes']:,.0f} B | "
               f"{r['compression']:.1f}x |")
     for points in (1.0, 3.0, 5.0):
-        ok = [r for r in front if 100 * (base_test - r["test_acc"]) <= points]
+        ok = [r for r in front if r["test_acc"] is not None and 100 * (base_test - r["test_acc"]) <= points]
         best = max(ok, key=lambda r: r["compression"], default=None)
         print(f"front points within {points:g} test points: {len(ok)}; smallest: "
               + ("none" if best is None else f"trial {best['trial']} {best['compression']:.1f}x "
                  f"({100 * (best['test_acc'] - base_test):+.2f} points, {best['footprint_bytes']:,.0f} B)"))
+    stage_times(trials)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _points(x, base) -> str:
+    return "n/a" if x is None else f"{100 * (x - base):+.2f}"
+
+
+STAGES = ("train", "evaluate", "mlflow", "screen", "footprint", "export", "save", "cache", "load")
+
+
+def stage_times(trials) -> None:
+    """Seconds per stage of every trial that ran its pipeline, and the mean: what a trial costs besides training."""
+    timed = [t for t in trials if t.state.name == "COMPLETE" and "timings" in t.user_attrs]
+    if not timed:
+        return
+    print("\n| trial | " + " | ".join(STAGES) + " | trial | trial minus training |\n|---:|" + "---:|" * (len(STAGES) + 2))
+    sums = dict.fromkeys((*STAGES, "trial", "rest"), 0.0)
+    for t in timed:
+        tm = t.user_attrs["timings"]
+        row = {**{k: tm.get(k, 0.0) for k in STAGES}, "trial": tm.get("trial", 0.0)}
+        row["rest"] = row["trial"] - row["train"]
+        for k, v in row.items():
+            sums[k] += v
+        print(f"| {t.number} | " + " | ".join(f"{row[k]:.1f}" for k in (*STAGES, "trial", "rest")) + " |")
+    print("| mean | " + " | ".join(f"{sums[k] / len(timed):.1f}" for k in (*STAGES, "trial", "rest")) + " |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import click
@@ -64,10 +66,11 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
                  name=None):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
-    from ..study.runner import preflight, publish, start_points, test_front
+    from ..study.runner import BEGAN_ENV, preflight, publish, start_points, test_front
     from ..study.tracking import Tracker
     from ..study.workers import run_workers
 
+    began = str(time.time())  # the workers' timeout counts the start points measured here
     preflight(space, data_dir, out_dir, storage, tracking_uri)
     start = start_points(space, storage, data_dir, out_dir, _device(device))  # measured once, not per worker
     open_study(space, storage, start=start)  # the study and the MLflow store and experiment are created once here,
@@ -76,7 +79,7 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
             *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else []),
             *(["--base", str(base)] if base else []), "--name", space.name]
-    code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo)
+    code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo, env={BEGAN_ENV: began})
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
     if code:
@@ -150,6 +153,12 @@ def _publish(space_file, storage, tracking_uri, out_dir, kind: str, build, base=
     if not any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
         raise OrchestratorError(f"study {space.name!r} has no finished trial yet")
     out = Path(out_dir or Path("runs/studies") / space.name / kind)
+    from ..study.pareto import rows
+
+    untested = [r["trial"] for r in rows(st) if r["pareto"] and r["test_acc"] is None]
+    if untested:  # a study run that ended before its front was tested (killed, or a trial still running)
+        click.echo(f"warning: front trials {', '.join(map(str, untested))} have no test accuracy yet (n/a, and no "
+                   f"peer counts as dominated by them): `orchestrator study run` again measures them", err=True)
     files = build(st, space, out, storage)
     if PARENT_ATTR in st.user_attrs:
         Tracker(tracking_uri, space.name).log_parent_files(st.user_attrs[PARENT_ATTR], files, kind)

@@ -108,10 +108,10 @@ def collect(study, space) -> dict:
     for limit, label in BUDGETS:  # a budget is answered by a model within the floor, never a collapsed one
         fits = [r for r in data if r["footprint_bytes"] <= limit and r["feasible"]
                 and r["val_acc"] >= dense["val_acc"] - floor]
-        best = max(fits, key=lambda r: r["val_acc"]) if fits else None
+        best = max(fits, key=lambda r: (r["val_acc"], r["pareto"])) if fits else None  # ties: the front's (tested)
         answer.append({"budget": label, "bytes": limit, "trial": best})
     near = [r for r in data if r["val_acc"] >= dense["val_acc"] - 0.01]
-    smallest = min(near, key=lambda r: r["footprint_bytes"]) if near else None
+    smallest = min(near, key=lambda r: (r["footprint_bytes"], not r["pareto"])) if near else None
     best = smallest or max(front or data, key=lambda r: r["val_acc"])
     best_model, profiles = _chosen(trials[best["trial"]].user_attrs.get("checkpoint"), base_model)
     by_bits: dict = {}

@@ -240,7 +240,7 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     The study's MLflow parent run is RUNNING while a worker runs trials, gets the Pareto files when the
     worker is done, and ends FINISHED (FAILED on an error, KILLED on an interrupt). The budget's timeout
     counts from here: the automatic start points' measurement is part of it."""
-    began = time.monotonic()
+    began = _began()
     datasets = preflight(space, data_dir, out_dir, storage, tracking_uri)
     study = open_study(space, storage, start=start_points(space, storage, data_dir, out_dir, device))
     tracker = Tracker(tracking_uri, space.name)
@@ -252,14 +252,28 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     try:
         TrialRunner(space, study, tracker, parent, data_dir, out_dir, device, progress, on_trial, datasets).run(
             trials, began)
+        tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
+        if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
+            test_front(study, data_dir, device, tracker)  # else another worker is still at it: the last one
+            publish(study, space, tracker, out_dir, footer)  # measures the front's test accuracy and publishes
     except BaseException as exc:
         tracker.client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
-    if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
-        test_front(study, data_dir, device, tracker)  # else another worker is still at it: the last one
-        publish(study, space, tracker, out_dir, footer)  # measures the front's test accuracy and publishes
     return study
+
+
+BEGAN_ENV = "ORCHESTRATOR_STUDY_BEGAN"  # wall-clock start (time.time()) of a `study run --workers N` parent
+
+
+def _began() -> float:
+    """When this `study run` began, as a `time.monotonic()`: now, or the parent's start for a worker (whose
+    parent measured the start points before launching it)."""
+    wall = os.environ.get(BEGAN_ENV)
+    now = time.monotonic()
+    try:
+        return now - max(0.0, time.time() - float(wall)) if wall else now
+    except ValueError:
+        return now
 
 
 def test_front(study, data_dir=None, device="cpu", tracker: Tracker | None = None) -> list[int]:
@@ -279,15 +293,18 @@ def test_front(study, data_dir=None, device="cpu", tracker: Tracker | None = Non
 
     trials, split = {t.number: t for t in study.get_trials(deepcopy=False)}, None
     log = logging.getLogger("orchestrator.study")
+    measured = []
     for r in todo:
         export = Path(trials[r["trial"]].user_attrs["export"])
-        if not export.is_file():
-            log.warning("trial %d: %s is gone, so its test accuracy is not measured", r["trial"], export)
+        try:
+            model, header = load_export(export)
+        except Exception as exc:  # a file deleted or damaged since: the rest is still measured and published
+            log.warning("trial %d: cannot measure its test accuracy: %s: %s", r["trial"], type(exc).__name__, exc)
             continue
-        model, header = load_export(export)
         split = split or load_split(header["dataset"], "test", data_dir)
         acc = evaluate(model.to(device), split, header["normalization"], device)["acc"]
         study.set_user_attr(f"{TEST_ATTR}{r['trial']}", acc)
+        measured.append(r["trial"])
         record = read_json(export.with_suffix(".json"), None)
         if record is not None:
             record["final"]["test_acc"] = acc
@@ -295,7 +312,7 @@ def test_front(study, data_dir=None, device="cpu", tracker: Tracker | None = Non
         if tracker is not None and r.get("mlflow_run_id"):
             tracker.client.log_metric(r["mlflow_run_id"], "test_acc", acc)
         log.info("trial %d (front): test %.2f%%", r["trial"], 100 * acc)
-    return [r["trial"] for r in todo]
+    return measured
 
 
 def publish(study, space: SearchSpace, tracker: Tracker, out_dir, footer: str = "") -> list[Path]:

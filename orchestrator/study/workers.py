@@ -19,11 +19,12 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
-def run_workers(argv: list[str], workers: int, log_dir: Path, echo=print) -> int:
-    """Run `orchestrator <argv>` in `workers` processes, cores/N torch threads each; returns the first
-    non-zero exit code (0 when all succeed). Ctrl-C stops them all; finished trials are kept."""
+def run_workers(argv: list[str], workers: int, log_dir: Path, echo=print, env: dict | None = None) -> int:
+    """Run `orchestrator <argv>` in `workers` processes, cores/N torch threads each, with `env` added to
+    their environment; returns the first non-zero exit code (0 when all succeed). Ctrl-C stops them all;
+    finished trials are kept."""
     threads = str(threads_per_worker(workers))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     log_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
     try:
