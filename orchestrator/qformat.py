@@ -20,11 +20,55 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import OrchestratorError
 from .values import IntBits, check
+
+
+def pack_bits(values: np.ndarray, k: int) -> bytes:
+    """Little-endian bit-packing of non-negative integers < 2^k."""
+    v = values.astype(np.uint64)
+    bits = ((v[:, None] >> np.arange(k, dtype=np.uint64)) & 1).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, n: int, k: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=n * k, bitorder="little").reshape(n, k)
+    return (bits.astype(np.uint64) << np.arange(k, dtype=np.uint64)).sum(1).astype(np.int64)
+
+
+def _pack_int(values: torch.Tensor, bits: int) -> bytes:  # two's-complement k-bit codes
+    return pack_bits(values.numpy().astype(np.int64) & ((1 << bits) - 1), bits)
+
+
+def _unpack_int(data: bytes, n: int, bits: int) -> torch.Tensor:
+    u = unpack_bits(data, n, bits)
+    return torch.from_numpy(np.where(u >= 1 << (bits - 1), u - (1 << bits), u))
+
+
+def _pack_sign(values: torch.Tensor, bits: int) -> bytes:  # one bit per value: 1 for +1
+    return pack_bits((values.numpy() > 0).astype(np.int64), 1)
+
+
+def _unpack_sign(data: bytes, n: int, bits: int) -> torch.Tensor:
+    return torch.from_numpy(unpack_bits(data, n, 1) * 2 - 1)
+
+
+def _raw(dtype: torch.dtype):
+    """(encode, decode) of values stored as `dtype` (fp32 as is; 16-bit floats through their int16 view)."""
+    view = torch.float32 if dtype == torch.float32 else torch.int16
+
+    def encode(values: torch.Tensor, bits: int) -> bytes:
+        return values.to(dtype).view(view).numpy().tobytes()
+
+    def decode(data: bytes, n: int, bits: int) -> torch.Tensor:
+        raw = torch.from_numpy(np.frombuffer(data, np.float32 if view == torch.float32 else np.int16, count=n).copy())
+        return raw.view(dtype).float()
+    return encode, decode
+
 
 def _float(dtype):
     def quantize(w: torch.Tensor, bits: int, clip: bool = False):
@@ -66,28 +110,51 @@ class WeightFormat:
     """One storage format of quantized weights: how values are rounded, at how many bits, how they are stored.
 
     Scaled formats store integer codes x one fp32 scale per output channel (`weight_scale`); float
-    formats store the values in `dtype`. Adding a format is adding one entry to `WEIGHT_FORMATS`.
+    formats store the values in `dtype`. Each format owns its rounding, its bit rule and its file encoding
+    (`encode`, `decode`, `nbytes`). Adding a format is adding one entry to `WEIGHT_FORMATS`.
     """
 
     name: str
     round: Callable  # (weight, bits) -> (codes, per-channel scale) for scaled formats; a float quantizer otherwise
+    encode: Callable  # (codes or float values, bits) -> the bytes of an export's value stream
+    decode: Callable  # (bytes, count, bits) -> the values `encode` wrote
     fixed_bits: int | None = None  # None: the bits are a parameter (validated as `IntBits`)
     scaled: bool = True
-    dtype: str | None = None  # torch dtype name of stored float values
+    dtype: str | None = None  # torch dtype name of stored float values: also the format's name in an export file
+
+    @property
+    def stored(self) -> str:
+        """The format's name in an export header (kept from the first file version: float formats by dtype)."""
+        return self.dtype or self.name
 
     def bits(self, bits) -> int:
         return check(IntBits, bits, "weight bits") if self.fixed_bits is None else self.fixed_bits
 
+    def nbytes(self, bits: int, count: int) -> int:
+        """Length of `encode` for `count` values (bits as recorded, not validated: a header is checked by its use)."""
+        return (count * (self.fixed_bits or bits) + 7) // 8
+
 
 WEIGHT_FORMATS = {f.name: f for f in (
-    WeightFormat("int", _int),
-    WeightFormat("binary", _binary, fixed_bits=1),
-    WeightFormat("fp16", _float(torch.float16), fixed_bits=16, scaled=False, dtype="float16"),
-    WeightFormat("bf16", _float(torch.bfloat16), fixed_bits=16, scaled=False, dtype="bfloat16"),
+    WeightFormat("int", _int, _pack_int, _unpack_int),
+    WeightFormat("binary", _binary, _pack_sign, _unpack_sign, fixed_bits=1),
+    WeightFormat("fp16", _float(torch.float16), *_raw(torch.float16), fixed_bits=16, scaled=False, dtype="float16"),
+    WeightFormat("bf16", _float(torch.bfloat16), *_raw(torch.bfloat16), fixed_bits=16, scaled=False,
+                 dtype="bfloat16"),
 )}
 FORMATS = tuple(WEIGHT_FORMATS)
 SCALED_FORMATS = tuple(n for n, f in WEIGHT_FORMATS.items() if f.scaled)  # integer codes x per-channel scale
-FLOAT_DTYPES = {n: f.dtype for n, f in WEIGHT_FORMATS.items() if not f.scaled}  # float formats -> dtype names
+FP32 = WeightFormat("fp32", _float(torch.float32), *_raw(torch.float32), fixed_bits=32, scaled=False, dtype="float32")
+STORED = {f.stored: f for f in (*WEIGHT_FORMATS.values(), FP32)}  # export header name -> format (fp32: unquantized)
+
+
+def stored_format(module: nn.Module | None, t: torch.Tensor) -> WeightFormat:
+    """How an export stores tensor `t` (of `module` when it is a layer's weight): its weight format, else its
+    dtype's float format, else fp32."""
+    name = (weight_spec(module) or (None,))[0] if module is not None else None
+    if name in WEIGHT_FORMATS:
+        return WEIGHT_FORMATS[name]
+    return STORED.get(str(t.dtype).removeprefix("torch."), FP32)
 
 
 def weight_format(fmt: str) -> WeightFormat:

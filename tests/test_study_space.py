@@ -235,7 +235,7 @@ def test_repeats_cost_no_budget_and_infeasible_trials_stay_off_the_front(base, c
     assert len(set(pipelines)) == 3
     for t in repeats:
         same = st.trials[t.user_attrs["duplicate_of"]]
-        assert t.values == same.values and t.user_attrs["test_acc"] == same.user_attrs["test_acc"]
+        assert t.values == same.values and t.user_attrs["total_bits"] == same.user_attrs["total_bits"]
     table = rows(st)
     assert len(table) == 3  # repeats are not plotted twice
     base_val = table[0]["base_val_acc"]

@@ -29,57 +29,13 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import build_model
 from ..paths import writable_file, write_atomic
-from ..qformat import (FLOAT_DTYPES, SCALED_FORMATS, act_quant_of, attach_act_quant_, set_act_bits_, set_weight_spec_,
-                       weight_codes, weight_spec)
+from ..qformat import (STORED, WEIGHT_FORMATS, act_quant_of, attach_act_quant_, pack_bits, set_act_bits_,
+                       set_weight_spec_, stored_format, unpack_bits, weight_codes)
 from .params import parameter_rows, zero_gaps
 
 MAGIC = b"ORCX"
 VERSION = 2
 ENCODINGS = ("dense", "bitmask", "relative_index")
-
-
-def pack_bits(values: np.ndarray, k: int) -> bytes:
-    """Little-endian bit-packing of non-negative integers < 2^k."""
-    v = values.astype(np.uint64)
-    bits = ((v[:, None] >> np.arange(k, dtype=np.uint64)) & 1).astype(np.uint8)
-    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_bits(data: bytes, n: int, k: int) -> np.ndarray:
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=n * k, bitorder="little").reshape(n, k)
-    return (bits.astype(np.uint64) << np.arange(k, dtype=np.uint64)).sum(1).astype(np.int64)
-
-
-def _value_format(module: nn.Module | None, t: torch.Tensor) -> str:
-    fmt = (weight_spec(module) or (None,))[0] if module is not None else None
-    if fmt in SCALED_FORMATS:
-        return fmt
-    if fmt in FLOAT_DTYPES:
-        return FLOAT_DTYPES[fmt]
-    return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(t.dtype, "float32")
-
-
-def _encode_values(values: torch.Tensor, fmt: str, bits: int) -> bytes:
-    if fmt == "float32":
-        return values.float().numpy().tobytes()
-    if fmt in ("float16", "bfloat16"):
-        return values.to(getattr(torch, fmt)).view(torch.int16).numpy().tobytes()
-    codes = values.numpy().astype(np.int64)
-    if fmt == "binary":
-        return pack_bits((codes > 0).astype(np.int64), 1)
-    return pack_bits(codes & ((1 << bits) - 1), bits)
-
-
-def _decode_values(data: bytes, n: int, fmt: str, bits: int) -> torch.Tensor:
-    if fmt == "float32":
-        return torch.from_numpy(np.frombuffer(data, np.float32, count=n).copy())
-    if fmt in ("float16", "bfloat16"):
-        raw = torch.from_numpy(np.frombuffer(data, np.int16, count=n).copy())
-        return raw.view(getattr(torch, fmt)).float()
-    u = unpack_bits(data, n, bits)
-    if fmt == "binary":
-        return torch.from_numpy(u * 2 - 1)
-    return torch.from_numpy(np.where(u >= 1 << (bits - 1), u - (1 << bits), u))
 
 
 def _relative_entries(flat_nz: np.ndarray, k: int):
@@ -113,26 +69,26 @@ def export(model: nn.Module, path, *, dataset: str = "cifar10", normalization: d
             t = torch.stack([s, module.bias.detach() - module.running_mean * s])
         else:
             t = getattr(module, attr).detach()
-        fmt = _value_format(module if row["kind"] == "weight" else None, t)
-        values = weight_codes(module) if fmt in SCALED_FORMATS else t.cpu()
+        fmt = stored_format(module if row["kind"] == "weight" else None, t)
+        values = weight_codes(module) if fmt.scaled else t.cpu()
         flat = values.reshape(-1)
         streams = {}
-        if fmt in SCALED_FORMATS:
+        if fmt.scaled:
             streams["scales"] = module.weight_scale.detach().float().cpu().numpy().tobytes()
         nz = torch.nonzero(flat, as_tuple=True)[0].numpy()
         if row["encoding"] == "bitmask":
             mask = np.zeros(flat.numel(), np.int64)
             mask[nz] = 1
             streams["mask"] = pack_bits(mask, 1)
-            streams["values"] = _encode_values(flat[nz], fmt, row["bits"])
+            streams["values"] = fmt.encode(flat[nz], row["bits"])
         elif row["encoding"] == "relative_index":
             gaps, owner, is_value = _relative_entries(nz, row["index_bits"])
             streams["gaps"] = pack_bits(gaps, row["index_bits"])
             vals = torch.where(torch.from_numpy(is_value), flat[nz][owner], torch.zeros((), dtype=flat.dtype))
-            streams["values"] = _encode_values(vals, fmt, row["bits"])
+            streams["values"] = fmt.encode(vals, row["bits"])
         else:
-            streams["values"] = _encode_values(flat, fmt, row["bits"])
-        tensors.append([fmt, row["bits"], ENCODINGS.index(row["encoding"]), row["index_bits"], int(len(nz)),
+            streams["values"] = fmt.encode(flat, row["bits"])
+        tensors.append([fmt.stored, row["bits"], ENCODINGS.index(row["encoding"]), row["index_bits"], int(len(nz)),
                         int(len(gaps)) if row["encoding"] == "relative_index" else 0])
         payload += b"".join(streams.values())
     # activation quantization: bits and calibrated range per layer input (metadata, like the widths)
@@ -186,15 +142,6 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def _value_bytes(fmt: str, bits: int, count: int) -> int:
-    """Length of `_encode_values` for `count` values."""
-    if fmt == "float32":
-        return 4 * count
-    if fmt in ("float16", "bfloat16"):
-        return 2 * count
-    return (count * (1 if fmt == "binary" else bits) + 7) // 8
-
-
 def _expand(model: nn.Module, header: dict) -> None:
     """Version 2: names, kinds, shapes and stream lengths of each tensor from the rebuilt architecture."""
     rows = parameter_rows(model)
@@ -202,14 +149,14 @@ def _expand(model: nn.Module, header: dict) -> None:
         raise CheckpointError(f"corrupt export: {len(header['tensors'])} tensors for {len(rows)} in the architecture")
     entries = []
     for row, (fmt, bits, enc, index_bits, nonzero, count) in zip(rows, header["tensors"]):
-        encoding, n = ENCODINGS[enc], row["numel"]
-        streams = {"scales": 4 * row["shape"][0]} if fmt in SCALED_FORMATS else {}
+        encoding, n, stored = ENCODINGS[enc], row["numel"], STORED[fmt]
+        streams = {"scales": 4 * row["shape"][0]} if stored.scaled else {}
         if encoding == "bitmask":
-            streams.update(mask=(n + 7) // 8, values=_value_bytes(fmt, bits, nonzero))
+            streams.update(mask=(n + 7) // 8, values=stored.nbytes(bits, nonzero))
         elif encoding == "relative_index":
-            streams.update(gaps=(count * index_bits + 7) // 8, values=_value_bytes(fmt, bits, count))
+            streams.update(gaps=(count * index_bits + 7) // 8, values=stored.nbytes(bits, count))
         else:
-            streams["values"] = _value_bytes(fmt, bits, n)
+            streams["values"] = stored.nbytes(bits, n)
         entries.append({"name": row["name"], "kind": row["kind"], "shape": row["shape"], "format": fmt, "bits": bits,
                         "encoding": encoding, "index_bits": index_bits, "nonzero": nonzero, "entries": count,
                         "streams": streams})
@@ -247,17 +194,17 @@ def load_export(path) -> tuple[nn.Module, dict]:
 
 def _restore(model: nn.Module, e: dict, streams: dict) -> None:
     n = int(np.prod(e["shape"]))
-    fmt, bits = e["format"], e["bits"]
+    fmt, bits = STORED[e["format"]], e["bits"]
     if e["encoding"] == "bitmask":
         positions = np.flatnonzero(unpack_bits(streams["mask"], n, 1))
-        vals = _decode_values(streams["values"], len(positions), fmt, bits)
+        vals = fmt.decode(streams["values"], len(positions), bits)
     elif e["encoding"] == "relative_index":
         gaps = unpack_bits(streams["gaps"], e["entries"], e["index_bits"])
         positions = np.cumsum(gaps + 1) - 1
-        vals = _decode_values(streams["values"], e["entries"], fmt, bits)
+        vals = fmt.decode(streams["values"], e["entries"], bits)
     else:
         positions = np.arange(n)
-        vals = _decode_values(streams["values"], n, fmt, bits)
+        vals = fmt.decode(streams["values"], n, bits)
     flat = torch.zeros(n, dtype=vals.dtype)
     flat[torch.from_numpy(positions)] = vals
     if int(torch.count_nonzero(flat)) != e["nonzero"]:  # the header's count is what the footprint reads
@@ -272,11 +219,11 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         module.running_var.fill_(1.0)
         module.eps = 0.0
         return
-    if fmt in SCALED_FORMATS:
+    if fmt.scaled:
         scale = torch.from_numpy(np.frombuffer(streams["scales"], np.float32).copy())
         shaped = scale.view(-1, *([1] * (t.dim() - 1)))
         t = (t.float() * shaped).reshape(e["shape"])
-        set_weight_spec_(module, fmt, bits, scale)
-    elif fmt in FLOAT_DTYPES.values() and e["kind"] == "weight":
-        set_weight_spec_(module, next(k for k, v in FLOAT_DTYPES.items() if v == fmt), 16)
+        set_weight_spec_(module, fmt.name, bits, scale)
+    elif fmt.name in WEIGHT_FORMATS and e["kind"] == "weight":  # a float format (fp16, bf16); fp32 has no spec
+        set_weight_spec_(module, fmt.name, fmt.fixed_bits)
     getattr(module, attr).copy_(t.float())
