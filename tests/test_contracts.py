@@ -100,3 +100,32 @@ def test_persistence_reads_the_representation_without_the_quantizer_training_cod
             "'orchestrator.study'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_every_weight_format_is_named_alike_in_the_cli_the_config_and_the_export():
+    """qformat's registry is the one list of weight formats: `quantize --format` offers exactly it (the CLI
+    keeps its own literal list so `--help` does not import torch), QuantConfig accepts it (plus fp32,
+    weights untouched), and every format round-trips its export stream bit for bit."""
+    import typing
+
+    import torch
+
+    from orchestrator.cli.pipelines import quantize_cmd
+    from orchestrator.qformat import FORMATS, STORED, WEIGHT_FORMATS
+    from orchestrator.quant import QuantConfig
+
+    option = next(p for p in quantize_cmd.params if p.name == "fmt")
+    assert tuple(option.type.choices) == FORMATS
+    assert typing.get_args(QuantConfig.model_fields["format"].annotation) == (*FORMATS, "fp32")
+    g = torch.Generator().manual_seed(0)
+    for fmt in STORED.values():
+        bits = fmt.fixed_bits or 5
+        w = torch.randn(3, 7, generator=g)
+        w[0, :3] = 0  # pruned weights: code 0 (binary stores their sign bit, the mask or index restores the zero)
+        values = fmt.round(w, bits)[0].reshape(-1) if fmt.scaled else fmt.round(w, bits)[2].reshape(-1)
+        if fmt.name == "binary":
+            values = torch.where(values == 0, -1.0, values)
+        data = fmt.encode(values, bits)
+        assert len(data) == fmt.nbytes(bits, values.numel())
+        assert torch.equal(fmt.decode(data, values.numel(), bits).to(values.dtype), values), fmt.name
+    assert set(WEIGHT_FORMATS) <= {f.name for f in STORED.values()}

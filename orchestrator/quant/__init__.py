@@ -27,7 +27,7 @@ from ..qformat import (FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, che
 from ..values import IntBits, check, precision_bits
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
-Format = Literal["int", "binary", "fp16", "bf16", "fp32"]  # fp32: weights untouched (activations only)
+Format = Literal[(*FORMATS, "fp32")]  # qformat's weight formats; fp32: weights untouched (activations only)
 
 
 class QuantConfig(BaseModel):
