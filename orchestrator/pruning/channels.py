@@ -8,6 +8,7 @@ threshold over comparable scores (Network Slimming's BN scales).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,17 +18,65 @@ from .core import check_ratio
 from .surgery import Group, channel_groups, filter_l1
 
 
-def bn_scale(model: nn.Module, group: Group) -> torch.Tensor:
+class Importance:
+    """Channel scores of one group (higher: kept), `importance(model, group) -> tensor[group.size(model)]`: an
+    object that carries its own options (a seed, calibration data), like Torch-Pruning's `Importance`."""
+
+    name = ""
+
+    def __call__(self, model: nn.Module, group: Group) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class L1Norm(Importance):
+    """Li et al. 2017: the L1 norm of each output filter of the group's producers."""
+
+    name = "l1"
+
+    def __call__(self, model: nn.Module, group: Group) -> torch.Tensor:
+        return filter_l1(model, group)
+
+
+@dataclass(frozen=True)
+class BNScale(Importance):
     """Network Slimming: |gamma| of the group's BNs (summed when a group has several)."""
-    return sum(model.get_submodule(b).weight.detach().abs() for b in group.bns)
+
+    name = "bn_scale"
+
+    def __call__(self, model: nn.Module, group: Group) -> torch.Tensor:
+        return sum(model.get_submodule(b).weight.detach().abs() for b in group.bns)
 
 
-def random_channels(model: nn.Module, group: Group, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed + sum(map(ord, group.name)))
-    return torch.rand(group.size(model), generator=g)
+@dataclass(frozen=True)
+class RandomImportance(Importance):
+    """Uniform random scores, reproducible per (seed, group): the baseline every criterion must beat."""
+
+    seed: int = 0
+    name = "random"
+
+    def __call__(self, model: nn.Module, group: Group) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + sum(map(ord, group.name)))
+        return torch.rand(group.size(model), generator=g)
 
 
-IMPORTANCE = {"l1": filter_l1, "bn_scale": bn_scale, "random": random_channels}
+@dataclass
+class Cached(Importance):
+    """Scores computed for every group at once (`score_all(model) -> {group: scores}`, e.g. from gradients),
+    recomputed when the model is rebuilt (stagewise pruning rescores after each stage)."""
+
+    score_all: object
+    name: str = "cached"
+    _scores: dict = field(default_factory=dict)
+
+    def __call__(self, model: nn.Module, group: Group) -> torch.Tensor:
+        if id(model) not in self._scores:
+            self._scores.clear()
+            self._scores[id(model)] = self.score_all(model)
+        return self._scores[id(model)][group.name]
+
+
+IMPORTANCE = {cls.name: cls for cls in (L1Norm, BNScale, RandomImportance)}  # name -> Importance class
 
 
 def group_ratios(model: nn.Module, groups: dict[str, Group], ratio: float, stage_ratios: list[float] | None = None,

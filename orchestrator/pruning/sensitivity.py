@@ -30,7 +30,7 @@ def sensitivity(model: nn.Module, split: Split, normalization: dict, ratios=DEFA
         table["baseline"] = evaluate(model, split, normalization, device)["acc"]
         on_point and on_point(table)
     for name, g in channel_groups(model, kinds).items():
-        scores = {name: IMPORTANCE[importance](model, g)}
+        scores = {name: IMPORTANCE[importance]()(model, g)}
         row = table["groups"].setdefault(name, {})
         for r in ratios:
             if str(r) in row:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from .channels import IMPORTANCE, group_ratios, keep_global, keep_per_group
+from .channels import BNScale, Importance, L1Norm, RandomImportance, group_ratios, keep_global, keep_per_group
 from .core import ratio_sets
 from ..finetune import FinetuneConfig, FinetuneData, finetune
 from ..values import Ratio
@@ -66,7 +66,8 @@ class RandomFilter(FilterConfig):
     seed: int = Field(0, ge=0)
 
 
-def prune_filters(model: nn.Module, config: FilterConfig, data: FinetuneData | None, importance) -> nn.Module:
+def prune_filters(model: nn.Module, config: FilterConfig, data: FinetuneData | None,
+                  importance: Importance) -> nn.Module:
     groups = channel_groups(model, kinds(config.groups))
     listed = {n: r for r, names in ratio_sets(model, config.ratio, config.group_ratios)[:len(config.group_ratios)]
               for n in names}  # layers of the groups given a ratio; a channel group follows its first producer
@@ -97,12 +98,12 @@ def prune_filters(model: nn.Module, config: FilterConfig, data: FinetuneData | N
 
 @register(L1Filter)
 def l1_filter(model: nn.Module, config: L1Filter, data: FinetuneData | None) -> nn.Module:
-    return prune_filters(model, config, data, IMPORTANCE["l1"])
+    return prune_filters(model, config, data, L1Norm())
 
 
 @register(RandomFilter)
 def random_filter(model: nn.Module, config: RandomFilter, data: FinetuneData | None) -> nn.Module:
-    return prune_filters(model, config, data, lambda m, g: IMPORTANCE["random"](m, g, config.seed))
+    return prune_filters(model, config, data, RandomImportance(config.seed))
 
 
 class Slimming(PruneConfig):
@@ -127,7 +128,7 @@ def slimming(model: nn.Module, config: Slimming, data: FinetuneData | None) -> n
     gammas = [model.get_submodule(b).weight for g in groups.values() for b in g.bns]
     finetune(model, config.sparsify, data, "sparsify",
              penalty=lambda: config.penalty * sum(g.abs().sum() for g in gammas))
-    scores = {n: IMPORTANCE["bn_scale"](model, g) for n, g in groups.items()}
+    scores = {n: BNScale()(model, g) for n, g in groups.items()}
     model = remove_channels(model, keep_global(scores, config.ratio, config.min_keep))
     finetune(model, config.finetune, data, "finetune")
     return model

@@ -17,6 +17,7 @@ from torch import nn
 from ..loader import first_batches
 from ..finetune import FinetuneData
 from .registry import register
+from .channels import Cached
 from .structured import FilterConfig, kinds, prune_filters
 from .surgery import channel_groups
 
@@ -50,12 +51,6 @@ def taylor_scores(model: nn.Module, data: FinetuneData, images: int, batch_size:
 
 @register(TaylorFilter)
 def taylor_filter(model: nn.Module, config: TaylorFilter, data: FinetuneData | None) -> nn.Module:
-    cache: dict[int, dict] = {}
-
-    def importance(m: nn.Module, group) -> torch.Tensor:
-        if id(m) not in cache:  # once per (re)built model: stagewise mode rescores after each stage
-            cache.clear()
-            cache[id(m)] = taylor_scores(m, data, config.images, config.batch_size, kinds(config.groups))
-        return cache[id(m)][group.name]
-
+    importance = Cached(lambda m: taylor_scores(m, data, config.images, config.batch_size, kinds(config.groups)),
+                        "taylor")
     return prune_filters(model, config, data, importance)
