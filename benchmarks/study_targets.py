@@ -2,7 +2,7 @@
 the smallest footprint within 1 and 3 points of the dense base, and the number of front points
 within 5 points; then each trial's time per stage (its record's `timings`), training and the rest apart.
 
-    python benchmarks/study_targets.py search_spaces/quick_cpu.yaml [--base FILE] [--storage URL]
+    python benchmarks/study_targets.py search_spaces/quick_cpu.yaml [--base FILE] [--name NAME] [--storage URL]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ def main():
     p.add_argument("space")
     p.add_argument("--storage", default="sqlite:///runs/studies.db")
     p.add_argument("--base", help="the space run on this checkpoint (`study run --base`)")
+    p.add_argument("--name", help="the study's name (`study run --name`)")
     args = p.parse_args()
-    study = open_study(load_space(args.space, base=args.base), args.storage, create=False)
+    study = open_study(load_space(args.space, base=args.base, name=args.name), args.storage, create=False)
     data = rows(study)
     front = [r for r in data if r["pareto"]]
     base_test, base_bytes = data[0]["base_test_acc"], data[0]["base_footprint_bytes"]

@@ -236,7 +236,8 @@ class ActQuant(nn.Module):
     """k-bit fake quantization of a layer's input; `max` is calibrated, `signed` detected. With `clip`, the range
     tracked is each batch's least-squares range (`mse_range`) rather than its max |x|."""
 
-    fused = True  # training and calibration use `_RoundSTE` (False: the traceable expression; benchmarks compare)
+    fused = True  # eager passes (QAT, calibration, evaluation) use `_RoundSTE`; torch.export traces the expression
+    # below (False: the expression everywhere; benchmarks compare)
 
     def __init__(self, bits: int, momentum: float = 0.1, clip: bool = False):
         super().__init__()
@@ -256,10 +257,12 @@ class ActQuant(nn.Module):
                 if self.clip and m > 0:
                     m = mse_range(x, m, self.bits, bool(self.signed))
                 self.max.copy_(m if self.max == 0 else (1 - self.momentum) * self.max + self.momentum * m)
-            if self.fused and self.max > 0:  # QAT: the same values in 7 passes over x instead of 11 (`_RoundSTE`)
-                levels = 2.0 ** (self.bits - 1) - 1 if self.signed else 2.0 ** self.bits - 1
-                return _RoundSTE.apply(x, self.max / levels, -levels if self.signed else 0.0, levels)
-        # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models) traces this
+        if self.fused and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            if not self.max > 0:  # an uncalibrated quantizer passes x through
+                return x
+            levels = 2.0 ** (self.bits - 1) - 1 if self.signed else 2.0 ** self.bits - 1  # the same values in 7
+            return _RoundSTE.apply(x, self.max / levels, -levels if self.signed else 0.0, levels)  # passes, not 11
+        # tensor ops only, no branch on a buffer's value: torch.export (MLflow's pt2 models, deploy) traces this
         levels = torch.where(self.signed, 2.0 ** (self.bits - 1) - 1, 2.0 ** self.bits - 1)
         lo = torch.where(self.signed, -levels, torch.zeros_like(levels))
         scale = self.max / levels

@@ -61,8 +61,9 @@ def test_fake_quant_has_at_most_2_to_the_k_values_per_channel_and_passes_gradien
 
 
 @pytest.mark.parametrize("bits,signed", [(4, False), (3, True), (8, True)])
-def test_activation_fake_quant_in_training_equals_the_traceable_expression_bit_for_bit(bits, signed):
-    """QAT runs an in-place kernel; evaluation and torch.export run tensor ops: same values, same gradient."""
+def test_activation_fake_quant_in_training_equals_the_traceable_expression_bit_for_bit(bits, signed, monkeypatch):
+    """Eager passes (QAT, evaluation) run an in-place kernel; torch.export traces tensor ops: same values, same
+    gradient."""
     torch.manual_seed(bits)
     act = ActQuant(bits).train()
     for _ in range(3):  # the range is a moving average: train on a few batches first
@@ -74,6 +75,9 @@ def test_activation_fake_quant_in_training_equals_the_traceable_expression_bit_f
         assert torch.equal(x.grad, grad)  # straight-through
         act.eval()
         assert torch.equal(y.detach(), act(x.detach()))  # the eval path, same range
+        monkeypatch.setattr(ActQuant, "fused", False)  # the expression torch.export traces
+        assert torch.equal(y.detach(), act(x.detach()))
+        monkeypatch.undo()
         act.train()
     assert bool(act.signed) == signed
     assert len(y.unique()) <= 2 ** bits
