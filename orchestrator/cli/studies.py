@@ -28,6 +28,12 @@ def study():
     """Optuna multi-objective studies over compression pipelines, tracked in MLflow."""
 
 
+def _pareto_command(space_file, storage, base=None, name=None) -> str:
+    """The command that rewrites a study's Pareto files (the plots' footer): it names the study as it was run."""
+    return (f"orchestrator study pareto {space_file} --storage {storage}" + (f" --base {base}" if base else "")
+            + (f" --name {name}" if name else ""))
+
+
 def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist, workers=1,
          base=None, name=None):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
@@ -48,7 +54,7 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
 
     st = run_study(space, storage=storage, data_dir=data_dir, out_dir=out_dir, tracking_uri=tracking_uri,
                    device=_device(device), trials=trials, progress=not quiet, on_trial=echo,
-                   footer=f"orchestrator study pareto {space_file} --storage {storage}")
+                   footer=_pareto_command(space_file, storage, base, name))
     table = Path(out_dir) / space.name / "pareto" / "pareto.md"
     click.echo(f"{space.name}: {status(st)}; Pareto front: {sum(r['pareto'] for r in rows(st))} trials -> {table}")
     views = st.user_attrs.get("mlflow_views", {})
@@ -87,7 +93,7 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     tracker = Tracker(tracking_uri, space.name)
     test_front(st, data_dir, _device(device), tracker)  # what a worker that ended early left unmeasured
     files = publish(st, space, tracker, out_dir,  # once, after every worker
-                    footer=f"orchestrator study pareto {space_file} --storage {storage}")
+                    footer=_pareto_command(space_file, storage, base, name))
     click.echo(f"Pareto front -> {files[-1]}")
 
 
@@ -193,7 +199,7 @@ def study_pareto(space_file, storage, tracking_uri, base, name, out_dir, peers_f
         if register_as:  # pick before writing anything: a bad --trial fails first
             from ..study.mlmodel import pick_front_model
             picked["row"] = pick_front_model(rows(st), trial)
-        return export_pareto(st, out, footer=f"orchestrator study pareto {space_file} --storage {storage}",
+        return export_pareto(st, out, footer=_pareto_command(space_file, storage, base, name),
                              peers_file=peers_file)
 
     files = _publish(space_file, storage, tracking_uri, out_dir, "pareto", build, base, name)
