@@ -380,12 +380,19 @@ def test_the_timeout_counts_the_start_points_measurement(base, cifar10_dir, in_t
     """`budget.timeout_minutes` bounds the whole `study run`: a start (e.g. the automatic one) that spends it
     leaves no time for a trial, and the study still ends cleanly with its (empty) Pareto files."""
     import time
+    from types import SimpleNamespace
 
     from orchestrator.study import runner
 
-    path = space_file(in_tmp, base, budget={"trials": 4, "timeout_minutes": 0.1})  # 6 s
+    path = space_file(in_tmp, base, budget={"trials": 4, "timeout_minutes": 1})
     real = runner.start_points
-    monkeypatch.setattr(runner, "start_points", lambda *a, **k: time.sleep(7.0) or real(*a, **k))
+
+    def slow_start(*a, **k):  # a start that takes the whole minute (the clock moved on instead of sleeping)
+        moved = time.monotonic() + 61  # the runner's clock only
+        monkeypatch.setattr(runner, "time", SimpleNamespace(monotonic=lambda: moved, perf_counter=time.perf_counter,
+                                                            sleep=time.sleep, time=time.time))
+        return real(*a, **k)
+    monkeypatch.setattr(runner, "start_points", slow_start)
     st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
                    tracking_uri=f"sqlite:///{in_tmp}/m.db")
     assert runner.finished(st) == 0 and (in_tmp / "s" / "tiny" / "pareto" / "pareto.md").is_file()
