@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.study import load_space, open_study
-from orchestrator.study.pareto import rows
+from orchestrator.study.pareto import pct, rows
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
           "|---:|---|---|---:|---:|---:|---:|---:|")
     for r in front:
         print(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | "
-              f"{_pct(r['test_acc'])} | {_points(r['test_acc'], base_test)} | {r['footprint_bytes']:,.0f} B | "
+              f"{pct(r['test_acc'])} | {_points(r['test_acc'], base_test)} | {r['footprint_bytes']:,.0f} B | "
               f"{r['compression']:.1f}x |")
     for points in (1.0, 3.0, 5.0):
         ok = [r for r in front if r["test_acc"] is not None and 100 * (base_test - r["test_acc"]) <= points]
@@ -42,10 +42,6 @@ def main():
               + ("none" if best is None else f"trial {best['trial']} {best['compression']:.1f}x "
                  f"({100 * (best['test_acc'] - base_test):+.2f} points, {best['footprint_bytes']:,.0f} B)"))
     stage_times(trials)
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _points(x, base) -> str:

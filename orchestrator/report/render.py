@@ -13,13 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from ..study.pareto import pct
+
 
 def _kb(b: float) -> str:
     return f"{b / 1000:,.1f} KB" if b < 1e6 else f"{b / 1e6:,.2f} MB"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _img(fig: dict) -> str:
@@ -41,7 +39,7 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
         ["question", "the best accuracy for the smallest memory footprint"],
         ["dataset", f"{sp['dataset']}; validation = last {sp['val_size']:,} training images; test reported, never selected on"
                     + (f" (caution: {html.escape(dn['val_warning'])})" if dn.get("val_warning") else "")],
-        ["base model", f"{dn['arch']}: {dn['params']:,} parameters, validation {_pct(dn['val_acc'])}, test {_pct(dn['test_acc'])}"],
+        ["base model", f"{dn['arch']}: {dn['params']:,} parameters, validation {pct(dn['val_acc'])}, test {pct(dn['test_acc'])}"],
         ["budget", f"{len(d['rows'])} complete trials of {sp['budget']['trials']} ({d['counts']}), "
                    f"{d['hours']:.2f} trial-hours, sampler {sp['sampler']['name']}"],
         ["accuracy floor", (f"{len(d['rows']) - d['infeasible']} trials within {100 * sp['constraints']['max_accuracy_drop']:.0f} "
@@ -62,7 +60,7 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
                              for c in [d["profiles"].get("chosen")] if c])
                  + (_img(figs["memory"]) if "memory" in figs else ""))
     methods = _table(["method", "what it does"], [[m, t] for m, t in d["methods"].items()])
-    front_rows = [[r["trial"], r["proposed_by"], r["label"], _pct(r["val_acc"]), _pct(r["test_acc"]),
+    front_rows = [[r["trial"], r["proposed_by"], r["label"], pct(r["val_acc"]), pct(r["test_acc"]),
                    _kb(r["footprint_bytes"]), f"{r['compression']:.1f}x", realized_line(r.get("realized"))]
                   for r in d["front"]]
     pareto = _img(figs["pareto"]) + _table(["trial", "proposed by", "configuration", "val", "test", "footprint",
@@ -74,7 +72,7 @@ def sections(d: dict, figs: dict, space_file: str, storage: str) -> list[tuple[s
     mattered = "".join(_img(figs[k]) for k in ("importances", "bits", "best_model") if k in figs)
     if d["kd"]:
         mattered += "<p>KD in fine-tunes: " + "; ".join(
-            f"{'with' if k else 'without'} KD: best {_pct(v['best'])}, mean {_pct(v['mean'])} over {v['n']} trials"
+            f"{'with' if k else 'without'} KD: best {pct(v['best'])}, mean {pct(v['mean'])} over {v['n']} trials"
             for k, v in d["kd"].items()) + "</p>"
     answer = _answer(d, space_file, storage)
     secs = [("The question and the setup", setup), ("The footprint", footprint), ("Methods compared", methods),
@@ -90,12 +88,12 @@ def _answer(d: dict, space_file: str, storage: str) -> str:
     for a in d["answer"]:
         t = a["trial"]
         none = f"no trial within {100 * d['floor']:.0f} points of the base fits"
-        answer_rows.append([a["budget"], none if t is None else f"{_pct(t['val_acc'])} val, {_pct(t['test_acc'])} test",
+        answer_rows.append([a["budget"], none if t is None else f"{pct(t['val_acc'])} val, {pct(t['test_acc'])} test",
                             "" if t is None else f"trial {t['trial']}: {t['label']} ({_kb(t['footprint_bytes'])})"])
     s = d["smallest_near_dense"]
     near = ("no trial within 1 point of the dense model" if s is None else
             f"smallest footprint within 1 point of the dense model: trial {s['trial']} ({s['label']}), "
-            f"{_kb(s['footprint_bytes'])} = {s['compression']:.1f}x smaller, {_pct(s['val_acc'])} val / {_pct(s['test_acc'])} test")
+            f"{_kb(s['footprint_bytes'])} = {s['compression']:.1f}x smaller, {pct(s['val_acc'])} val / {pct(s['test_acc'])} test")
     repro = (f"<pre>orchestrator study run {html.escape(space_file)} --storage {html.escape(storage)}\n"
              f"orchestrator report {html.escape(space_file)} --storage {html.escape(storage)}</pre>")
     if s is not None and d["pipelines"].get(s["trial"]):  # the full YAML in the report; slides keep one line
@@ -109,7 +107,7 @@ def _answer(d: dict, space_file: str, storage: str) -> str:
 def peers_section(d: dict) -> str:
     """The peers' points against the front: each one's sizes, accuracies, CPU minutes and dominating trial."""
     base = d["dense"]["test_acc"]
-    rows = [[p["tool"], p["point"], _pct(p["val_acc"]), _pct(p["test_acc"]),
+    rows = [[p["tool"], p["point"], pct(p["val_acc"]), pct(p["test_acc"]),
              "" if base is None else f"{100 * (p['test_acc'] - base):+.2f}", _kb(p["footprint_bytes"]),
              f"{p['compression']:.1f}x", f"{p['cpu_minutes']:.1f}",
              "not dominated" if p["dominated_by"] is None else f"trial {p['dominated_by']}"] for p in d["peers"]]

@@ -37,8 +37,9 @@ def label(p: dict) -> str:
     return " ".join(out) or "dense base"
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"  # a test accuracy is measured for final front trials only
+def pct(x) -> str:
+    """An accuracy as a percentage, "n/a" when not measured (test accuracy: final front trials only)."""
+    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def feasible(t) -> bool:
@@ -122,7 +123,7 @@ def write_tables(data: list[dict], out_dir: Path, peer_lines: list[str] = ()) ->
              "| compression |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         if r["pareto"]:
-            lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {_pct(r['test_acc'])} | "
+            lines.append(f"| {r['trial']} | {r['proposed_by']} | {r['label']} | {100 * r['val_acc']:.2f}% | {pct(r['test_acc'])} | "
                          f"{r['footprint_bytes']:,.0f} | {r['param_bytes']:,.0f} | {r['activation_peak_bytes']:,.0f} | "
                          f"{r['compression']:.1f}x |")
     md_path.write_text("\n".join([*lines, *([""] + list(peer_lines) if peer_lines else [])]) + "\n")
@@ -177,7 +178,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list
 
     def hover(r):
         return (f"trial {r['trial']}: {html.escape(r['label'])}<br>val {100 * r['val_acc']:.2f}%, "
-                f"test {_pct(r['test_acc'])}<br>footprint {r['footprint_bytes']:,.0f} B "
+                f"test {pct(r['test_acc'])}<br>footprint {r['footprint_bytes']:,.0f} B "
                 f"({r['compression']:.1f}x smaller)")
 
     fig = go.Figure()
@@ -213,7 +214,7 @@ def plot_html(data: list[dict], path: Path, title: str, footer: str, peers: list
                       xaxis=dict(type="log", title="total footprint: parameters + peak activations (bytes, log scale)"),
                       yaxis=dict(title="validation accuracy (%)"))
     table = "".join(f"<tr><td>{r['trial']}</td><td>{html.escape(r['label'])}</td><td>{100 * r['val_acc']:.2f}%</td>"
-                    f"<td>{_pct(r['test_acc'])}</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
+                    f"<td>{pct(r['test_acc'])}</td><td>{r['footprint_bytes']:,.0f}</td></tr>" for r in front)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body style='font-family:sans-serif'>{fig.to_html(full_html=False, include_plotlyjs=True)}"
             f"<table border='1' cellpadding='4'><tr><th>trial</th><th>configuration</th><th>val</th><th>test</th>"
