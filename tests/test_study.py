@@ -400,3 +400,42 @@ def test_the_timeout_counts_the_start_points_measurement(base, cifar10_dir, in_t
     st = run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
                    tracking_uri=f"sqlite:///{in_tmp}/m.db")
     assert runner.finished(st) >= 1  # the same budget without the slow start runs a trial
+
+
+def test_two_workers_on_sqlite_never_claim_the_same_waiting_trial(in_tmp, monkeypatch):
+    """Both read the start point as WAITING before either sets it RUNNING (held there by a barrier): without
+    the claim lock both would run it (optuna#4621, seen once in CI as two workers on trial 0)."""
+    import threading
+
+    import optuna
+    from optuna.storages._rdb import models
+
+    from orchestrator.study.runner import storage_for
+    url = f"sqlite:///{in_tmp}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage_for(url))
+    study.enqueue_trial({"x": 1.0})
+    waiting = study.get_trials(deepcopy=False)[0]._trial_id
+    both_read = threading.Barrier(2, timeout=2)
+    read = models.TrialModel.find_or_raise_by_id
+
+    def read_then_wait(*a, **k):
+        trial = read(*a, **k)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:  # the other worker is held at the lock: the claim is atomic
+            pass
+        return trial
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", staticmethod(read_then_wait))
+    workers = [storage_for(url) for _ in range(2)]  # one storage (engine) per worker, as in two processes
+    claimed = [None, None]
+
+    def claim(k):
+        claimed[k] = workers[k].set_trial_state_values(waiting, optuna.trial.TrialState.RUNNING)
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == [False, True]

@@ -51,9 +51,13 @@ def storage_for(url: str):
                 beat = max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
                 # an unreachable server fails in seconds, not after the system's TCP timeout
                 engine = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                kwargs = dict(engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat,
+                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                if file is None:
+                    return optuna.storages.RDBStorage(url, **kwargs)
+                from .storage import ClaimLockedStorage
+
+                return ClaimLockedStorage(url, file.with_name(file.name + ".claims.lock"), **kwargs)
         except Exception as exc:
             last = exc
             if "UniqueViolation" not in str(exc) and "already exists" not in str(exc):
