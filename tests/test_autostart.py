@@ -114,7 +114,8 @@ def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar
     params = space.params()
     for p in start:
         assert set(p["params"]) == set(params)  # every parameter given, each inside its choices
-        assert p["params"]["finetune_epochs"] == 0.5 and p["params"]["kd"] is True  # the first listed values
+        assert p["params"]["kd"] is True  # the first listed value; epochs too, but for a lossless screen (below)
+        assert p["params"]["finetune_epochs"] == 0.5 or ("screen_acc" in p and p["params"]["finetune_epochs"] == 0)
     measured = len(calls)
     assert measured > 0
     again = start_points(space, storage, cifar10_dir, tmp_path / "s")  # the sensitivity table is cached
@@ -123,6 +124,23 @@ def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
     assert [t.user_attrs["proposed_by"] for t in waiting] == ["auto"] * len(start)
     assert start_points(space, storage, cifar10_dir, tmp_path / "s") == []  # started: nothing is added again
+
+
+def test_a_start_point_screened_lossless_trains_the_least_each_epochs_dimension_lists(base, cifar10_dir, tmp_path,
+                                                                                     monkeypatch):
+    """A point the screen measured within `lossless` of the base runs 0 epochs (its trial is the screened
+    model); every other keeps the first listed 0.5. KD and the precisions are untouched."""
+    space = _space(tmp_path, base)
+    for screened, epochs in ((1.0, 0), (0.0, 0.5)):  # every pick above the base, then every pick far below it
+        monkeypatch.setattr(autostart, "screen", lambda *a, s=screened: s)
+        plan = autostart.auto_start(space, cifar10_dir, tmp_path / "cache")
+        assert plan["points"] and all(p["finetune_epochs"] == epochs and p["kd"] is True for p in plan["points"])
+        assert all(p["screen_acc"] == screened for p in plan["predicted"])
+    trained = space.pipeline({**plan["points"][0], "method": "global_magnitude", "finetune_epochs": 0.5})
+    untrained = space.pipeline({**plan["points"][0], "method": "global_magnitude", "finetune_epochs": 0})
+    assert trained.steps[0].config.bn_recalibration == 0  # its fine-tune re-estimates them
+    assert untrained.steps[0].config.bn_recalibration == 32  # sampler.auto.bn_images, as the screen re-estimates
+    assert untrained.steps[-1].config.method == "ptq" and trained.steps[-1].config.method == "qat"
 
 
 def test_auto_start_study_reports_how_each_trial_was_proposed(base, cifar10_dir, in_tmp):

@@ -17,7 +17,9 @@ GP's start-up trials too. Here they come from the base itself, in seconds to min
    the smallest one within `max_drop`; each budget's point is the least predicted drop that fits it.
 
 Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take their first listed
-value. Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
+value, except that a point the screen measured within `lossless` of the base trains the least each epochs
+dimension lists: with 0 listed, its trial is the screened model itself (prune, BN re-estimated, PTQ), seconds
+instead of minutes. Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
 start point. The footprint is exact for the configuration before any fine-tune; QAT moves it only by the
 weights it rounds to zero.
 """
@@ -65,11 +67,15 @@ class AutoStart(BaseModel):
     # (0 or 1: the least predicted drop, no measurement)
     max_drop: float = Field(0.5, gt=0, lt=1)  # zero-shot drop (fraction) of the smallest start point: screened
     # when `screen` > 1, else predicted; before any fine-tune, which recovers much of it
+    lossless: float = Field(NEARLY_LOSSLESS, ge=0, lt=1)  # screened drop (fraction) within which a start point
+    # trains the least each epochs dimension lists (0 listed: the screened model itself, seconds): fine-tuning
+    # cannot recover a loss the screen did not see, and the minutes go to the sampler
 
 
 # --- the space's values, split into what the sensitivity measures ------------------------------------
 
 STRUCTURE = ("method", "ratio", "channel_ratio")  # plus scale_<group>
+TRAINING = ("finetune_epochs", "quant_epochs", "channel_epochs")  # fixed dimensions a lossless start point cuts
 WEIGHTS = ("bits",)  # plus bits_<group>
 ACTS = ("act_bits",)  # plus act_<group>
 
@@ -116,6 +122,7 @@ def _zero_shot_steps(pipeline) -> list:
         cfg = step.config
         if getattr(cfg, "finetune", None) is not None:
             cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"epochs": 0})})
+        cfg = cfg.model_copy(update={"bn_recalibration": 0})  # the probe re-estimates BN once, after all steps
         if cfg.needs_data():
             raise OrchestratorError(f"sampler.start auto: method {cfg.method!r} needs training to prune (no "
                                     "zero-shot form to measure); list start points by hand or drop the method")
@@ -626,6 +633,12 @@ def point(c: dict, i: int) -> dict:
     return {**c["fixed"], **c["structures"][s], **c["weights"][w], **c["acts"][a]}
 
 
+def least_training(space, params: dict) -> dict:
+    """`params` with each epochs dimension at the least value the space lists."""
+    listed = space.params()
+    return {**params, **{k: min(listed[k]) for k in TRAINING if k in params and isinstance(listed.get(k), list)}}
+
+
 def default_points(space) -> int:
     return space.sampler.auto.points or max(1, min(5, space.budget.trials // 3))
 
@@ -666,7 +679,9 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
         picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
                        key=lambda i: json.dumps(space.pipeline(point(c, i)).model_dump(mode="json"), sort_keys=True),
                        reference=table["baseline"])
-    predicted = [{"params": point(c, i), "footprint_bits": int(c["footprint"][i]),
+    lossless = {i for i in picks if i in screened and screened[i] >= table["baseline"] - opts.lossless}
+    predicted = [{"params": least_training(space, point(c, i)) if i in lossless else point(c, i),
+                  "footprint_bits": int(c["footprint"][i]),
                   "predicted_drop": round(float(min(c["drop"][i], ceiling)), 4),
                   **({"screen_acc": screened[i]} if i in screened else {})} for i in picks]
     if log:

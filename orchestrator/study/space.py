@@ -328,6 +328,10 @@ class SearchSpace(BaseModel):
                 # multipliers: few dimensions, per-layer allocation (methods without group ratios ignore them)
                 prune["group_ratios"] = {g: round(min(MAX_GROUP_RATIO, r * s), 4) for g, s in scales.items()}
             steps.append({"prune": prune})
+        last = next((s["prune"] for s in reversed(steps) if "prune" in s), None)
+        if last is not None and not last["finetune"]["epochs"] and self.sampler.auto.bn_images:
+            last["bn_recalibration"] = self.sampler.auto.bn_images  # nothing trains the pruned model's BN
+            # statistics: re-estimated as the screen does, so a zero-epoch trial is the model it measured
         bits, act_bits = params.get("bits", 32), params.get("act_bits", 32)
         group_bits = {g: params.get(f"bits_{g}", b) for g, b in d.group_bits.items()}
         group_bits = {g: b for g, b in group_bits.items() if isinstance(b, int)}  # a searched one the params lack
