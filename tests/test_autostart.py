@@ -89,6 +89,27 @@ def test_with_a_screen_the_smallest_budget_is_the_smallest_that_measures_within_
     assert screen(picks[0]) >= 0.5  # the smallest start point measures within max_drop
 
 
+def test_with_lossless_the_largest_budget_is_the_smallest_that_measures_within_it():
+    """Predicted drops fall with footprint, as on a real base; the screen measures more accuracy the larger the
+    point. The largest start point is then the smallest front footprint whose best screen is within `lossless`."""
+    rng = np.random.default_rng(2)
+    f = rng.integers(1000, 100000, 300).astype(float)
+    c = {"footprint": f, "drop": 0.9 * (100000 - f) / 99000 * rng.uniform(0.8, 1.0, 300)}
+    front = autostart.predicted_front(c, ceiling=0.9)
+    calls = []
+
+    def screen(i):
+        calls.append(i)
+        return 0.1 + 0.8 * (f[i] - 1000) / 99000
+
+    picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9, lossless=0.05)
+    assert len(picks) == 3 and len(calls) < 120 and screen(picks[0]) >= 0.5
+    assert screen(picks[-1]) >= 0.85  # measured within `lossless` of the reference
+    sizes = np.unique(f[front])
+    below = sizes[sizes < f[picks[-1]]]
+    assert not any(screen(i) >= 0.85 for i in range(300) if f[i] <= below.max())  # nothing smaller reaches it
+
+
 def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar10_dir, tmp_path, monkeypatch):
     space = _space(tmp_path, base)
     storage = f"sqlite:///{tmp_path}/o.db"

@@ -67,9 +67,10 @@ class AutoStart(BaseModel):
     # (0 or 1: the least predicted drop, no measurement)
     max_drop: float = Field(0.5, gt=0, lt=1)  # zero-shot drop (fraction) of the smallest start point: screened
     # when `screen` > 1, else predicted; before any fine-tune, which recovers much of it
-    lossless: float = Field(NEARLY_LOSSLESS, ge=0, lt=1)  # screened drop (fraction) within which a start point
-    # trains the least each epochs dimension lists (0 listed: the screened model itself, seconds): fine-tuning
-    # cannot recover a loss the screen did not see, and the minutes go to the sampler
+    lossless: float = Field(NEARLY_LOSSLESS, ge=0, lt=1)  # screened drop (fraction): the largest start point is
+    # the smallest footprint screened within it (when `screen` > 1), and a start point within it trains the
+    # least each epochs dimension lists (0 listed: the screened model itself, seconds): fine-tuning cannot
+    # recover a loss the screen did not see, and the minutes go to the sampler
 
 
 # --- the space's values, split into what the sensitivity measures ------------------------------------
@@ -488,9 +489,10 @@ def predicted_front(c: dict, ceiling: float) -> np.ndarray:
     return np.array(out, dtype=int)
 
 
-def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None) -> list[float]:
+def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None,
+            hi: float | None = None) -> list[float]:
     """K footprint budgets, log-spaced from the smallest front point within `max_drop` (or `lo`) up to the
-    smallest one predicted nearly lossless."""
+    smallest one predicted nearly lossless (or `hi`)."""
     foot, drop = c["footprint"][front], c["drop"][front]
     ok = drop <= max_drop
     if lo is None:
@@ -498,20 +500,21 @@ def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | Non
             return [float(foot[np.argmin(drop)])]
         lo = foot[ok].min()
     lossless = drop <= NEARLY_LOSSLESS
-    hi = max(lo, foot[lossless].min() if lossless.any() else foot.max())
+    hi = max(lo, hi if hi is not None else foot[lossless].min() if lossless.any() else foot.max())
     return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
 
 
 def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1,
-           key=None, reference: float | None = None) -> list[int]:
+           key=None, reference: float | None = None, lossless: float | None = None) -> list[int]:
     """One candidate per budget: of the `per_budget` least predicted drops that fit it (the first is the
     predicted front's point there), the best `screen` accuracy (built without training, measured) when given.
     `key(i)` names a candidate's pipeline: two that run the same pipeline are one point.
 
-    With a screen and the base's `reference` accuracy, the smallest budget is measured rather than predicted
+    With a screen and the base's `reference` accuracy, the end budgets are measured rather than predicted
     (the additive prediction misses how pruning, low-bit weights and low-bit maps compound): a bisection over
     the predicted front finds the smallest footprint whose best candidate keeps its screened drop within
-    `max_drop`."""
+    `max_drop` (the smallest budget), and with `lossless`, another the smallest within `lossless` (the
+    largest budget, when some footprint reaches it)."""
     foot, drop = c["footprint"], c["drop"]
     key = key or (lambda i: i)
     order = np.argsort(drop, kind="stable")  # every candidate, least predicted drop first
@@ -533,23 +536,27 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
             return None
         return cands[0] if screen is None or len(cands) == 1 else max(cands, key=screen)
 
-    lo = None
+    sizes = np.unique(foot[front])
+
+    def smallest(within: float) -> float | None:  # None: not even the largest front footprint measures within
+        a, b = 0, len(sizes) - 1  # invariant: sizes[b] passes, sizes[a - 1] fails
+        if screen(best(sizes[b], set())) < reference - within:
+            return None
+        while a < b:
+            mid = (a + b) // 2
+            if screen(best(sizes[mid], set())) >= reference - within:
+                b = mid
+            else:
+                a = mid + 1
+        return float(sizes[b])
+
+    lo = hi = None
     if screen is not None and reference is not None and per_budget > 1:
-        sizes = np.unique(foot[front])
-        a, b = 0, len(sizes) - 1  # invariant: sizes[b] passes (or nothing does), sizes[a - 1] fails
-        if screen(best(sizes[b], set())) < reference - max_drop:
-            lo = float(sizes[b])
-        else:
-            while a < b:
-                mid = (a + b) // 2
-                if screen(best(sizes[mid], set())) >= reference - max_drop:
-                    b = mid
-                else:
-                    a = mid + 1
-            lo = float(sizes[b])
+        lo = smallest(max_drop) or float(sizes[-1])
+        hi = smallest(lossless) if lossless is not None else None
     picks: list[int] = []
     taken: set = set()
-    for budget in budgets(c, front, k, max_drop, lo):
+    for budget in budgets(c, front, k, max_drop, lo, hi):
         i = best(budget, taken)
         if i is not None:
             picks.append(i)
@@ -678,7 +685,7 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
     with torch.no_grad():
         picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
                        key=lambda i: json.dumps(space.pipeline(point(c, i)).model_dump(mode="json"), sort_keys=True),
-                       reference=table["baseline"])
+                       reference=table["baseline"], lossless=opts.lossless)
     lossless = {i for i in picks if i in screened and screened[i] >= table["baseline"] - opts.lossless}
     predicted = [{"params": least_training(space, point(c, i)) if i in lossless else point(c, i),
                   "footprint_bits": int(c["footprint"][i]),
