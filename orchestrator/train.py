@@ -20,7 +20,7 @@ from torch import nn
 from .data import Split
 from .errors import OrchestratorError
 from .values import Epochs
-from .loader import Augment, DeviceLoader, first_batches
+from .loader import Augment, DeviceLoader
 from .paths import write_atomic
 from .progress import Progress
 
@@ -119,6 +119,9 @@ def recalibrate_bn(model: nn.Module, split: Split, normalization: dict, images: 
 
     Pruning or quantizing without retraining shifts every layer's activation statistics; the stale
     running means/variances then mis-normalize, and re-estimating them recovers much of the loss.
+    The images are augmented as the zoo trains (padded random crops, flips; a fixed seed): the base's
+    statistics are those of augmented images, and plain ones cost the unpruned ResNet-20 base 2.2
+    points on 1,000 validation images (84.5% -> 82.3%; augmented: 84.5%).
     """
     device = torch.device(device)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -130,8 +133,14 @@ def recalibrate_bn(model: nn.Module, split: Split, normalization: dict, images: 
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.to(device).train()
-    for x, _ in first_batches(split, batch_size, normalization, device, images):
+    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device,
+                          train=True, drop_last=False)
+    seen = 0
+    for x, _ in loader:
         model(x)
+        seen += len(x)
+        if seen >= images:
+            break
     for m, momentum in saved:
         m.momentum = momentum
     return model.train(was_training)

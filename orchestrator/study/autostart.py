@@ -652,7 +652,7 @@ def default_points(space) -> int:
 
 def cache_key(space, base_path, data_dir) -> str:
     st = Path(base_path).stat()
-    ident = {"version": 2, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+    ident = {"version": 3, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
              "data_dir": str(resolve_data_dir(data_dir).resolve()), "val_size": space.val_size,
              "auto": space.sampler.auto.model_dump(include={"images", "bn_images"}),
              "quantize": space.quantize.model_dump()}
