@@ -89,25 +89,23 @@ def test_with_a_screen_the_smallest_budget_is_the_smallest_that_measures_within_
     assert screen(picks[0]) >= 0.5  # the smallest start point measures within max_drop
 
 
-def test_with_lossless_the_largest_budget_is_the_smallest_that_measures_within_it():
-    """Predicted drops fall with footprint, as on a real base; the screen measures more accuracy the larger the
-    point. The largest start point is then the smallest front footprint whose best screen is within `lossless`."""
-    rng = np.random.default_rng(2)
-    f = rng.integers(1000, 100000, 300).astype(float)
-    c = {"footprint": f, "drop": 0.9 * (100000 - f) / 99000 * rng.uniform(0.8, 1.0, 300)}
-    front = autostart.predicted_front(c, ceiling=0.9)
+def test_the_anchor_is_the_smallest_structure_at_the_highest_precisions_that_screens_within_lossless():
+    """4 structures x 2 weight plans x 2 activation plans; the screen rises with footprint. The anchor keeps the
+    highest plans (8 bits over 4) and the smallest structure whose screen reaches the floor."""
+    weights, acts = [{"bits": 4}, {"bits": 8}], [{"act_bits": 8}, {"act_bits": 4}]
+    index = np.array([(s, w, a) for s in range(4) for w in range(2) for a in range(2)])
+    foot = np.array([1000.0 * (s + 1) * (w + 1) * (2 - a) for s, w, a in index])
+    c = {"index": index, "footprint": foot}
     calls = []
 
     def screen(i):
         calls.append(i)
-        return 0.1 + 0.8 * (f[i] - 1000) / 99000
+        return 0.5 + 0.1 * index[i][0]  # structure 0: 0.5 ... structure 3: 0.8
 
-    picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9, lossless=0.05)
-    assert len(picks) == 3 and len(calls) < 120 and screen(picks[0]) >= 0.5
-    assert screen(picks[-1]) >= 0.85  # measured within `lossless` of the reference
-    sizes = np.unique(f[front])
-    below = sizes[sizes < f[picks[-1]]]
-    assert not any(screen(i) >= 0.85 for i in range(300) if f[i] <= below.max())  # nothing smaller reaches it
+    i = autostart.anchor(c, weights, acts, screen, floor=0.65)
+    assert tuple(index[i]) == (2, 1, 0)  # structure 2 (0.7) is the smallest within; weights 8 bits, maps 8 bits
+    assert set(int(index[j][1]) for j in calls) == {1} and set(int(index[j][2]) for j in calls) == {0}
+    assert autostart.anchor(c, weights, acts, screen, floor=0.85) is None  # not even the largest structure
 
 
 def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar10_dir, tmp_path, monkeypatch):
@@ -152,11 +150,16 @@ def test_a_start_point_screened_lossless_trains_the_least_each_epochs_dimension_
     """A point the screen measured within `lossless` of the base runs 0 epochs (its trial is the screened
     model); every other keeps the first listed 0.5. KD and the precisions are untouched."""
     space = _space(tmp_path, base)
+    def highest(p):  # every precision at its highest listed value: the anchor (NNCF's int8 corner)
+        return (p["bits"], p["bits_stage1"], p["act_bits"], p["act_stage1"]) == (8, 4, 8, 8)
+
     for screened, epochs in ((1.0, 0), (0.0, 0.5)):  # every pick above the base, then every pick far below it
         monkeypatch.setattr(autostart, "screen", lambda *a, s=screened: s)
         plan = autostart.auto_start(space, cifar10_dir, tmp_path / "cache")
         assert plan["points"] and all(p["finetune_epochs"] == epochs and p["kd"] is True for p in plan["points"])
         assert all(p["screen_acc"] == screened for p in plan["predicted"])
+        assert highest(plan["points"][0]) == (screened == 1.0)  # the anchor first, only where it screens lossless
+        assert len(plan["points"]) <= 3 + (screened == 1.0)
     trained = space.pipeline({**plan["points"][0], "method": "global_magnitude", "finetune_epochs": 0.5})
     untrained = space.pipeline({**plan["points"][0], "method": "global_magnitude", "finetune_epochs": 0})
     assert trained.steps[0].config.bn_recalibration == 0  # its fine-tune re-estimates them
@@ -181,7 +184,8 @@ def test_auto_start_study_reports_how_each_trial_was_proposed(base, cifar10_dir,
 
     st = _open(load_space(path), f"sqlite:///{in_tmp}/o.db", create=False)
     auto = [t for t in st.trials if t.user_attrs.get("proposed_by") == "auto"]
-    assert 1 <= len(auto) <= 2 and [t.number for t in auto] == list(range(len(auto)))  # run first, in order
+    assert 1 <= len(auto) <= 3 and [t.number for t in auto] == list(range(len(auto)))  # run first, in order
+    # (2 spread over the front, and the anchor when the screen finds one within `lossless`)
     assert all({"predicted_drop", "predicted_footprint_bits", "screen_acc"} <= set(t.user_attrs) or
                "predicted_drop" in t.user_attrs for t in auto)
     timings = st.trials[0].user_attrs["timings"]

@@ -19,7 +19,9 @@ GP's start-up trials too. Here they come from the base itself, in seconds to min
 Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take their first listed
 value, except that a point the screen measured within `lossless` of the base trains the least each epochs
 dimension lists: with 0 listed, its trial is the screened model itself (prune, BN re-estimated, PTQ), seconds
-instead of minutes. Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
+instead of minutes. One such point is added when the screen finds it: every precision at its highest listed
+value, pruned as far as the screen stays within `lossless` (the additive prediction cannot find it: low-bit
+maps that cost nothing alone compound). Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
 start point. The footprint is exact for the configuration before any fine-tune; QAT moves it only by the
 weights it rounds to zero.
 """
@@ -67,10 +69,10 @@ class AutoStart(BaseModel):
     # (0 or 1: the least predicted drop, no measurement)
     max_drop: float = Field(0.5, gt=0, lt=1)  # zero-shot drop (fraction) of the smallest start point: screened
     # when `screen` > 1, else predicted; before any fine-tune, which recovers much of it
-    lossless: float = Field(NEARLY_LOSSLESS, ge=0, lt=1)  # screened drop (fraction): the largest start point is
-    # the smallest footprint screened within it (when `screen` > 1), and a start point within it trains the
-    # least each epochs dimension lists (0 listed: the screened model itself, seconds): fine-tuning cannot
-    # recover a loss the screen did not see, and the minutes go to the sampler
+    lossless: float = Field(NEARLY_LOSSLESS, ge=0, lt=1)  # screened drop (fraction): with `screen` > 0, one
+    # more start point, every precision at its highest listed value and pruned as far as the screen stays within
+    # it (NNCF's int8 corner); a start point within it trains the least each epochs dimension lists (0 listed:
+    # the screened model itself, seconds): fine-tuning cannot recover a loss the screen did not see
 
 
 # --- the space's values, split into what the sensitivity measures ------------------------------------
@@ -489,10 +491,9 @@ def predicted_front(c: dict, ceiling: float) -> np.ndarray:
     return np.array(out, dtype=int)
 
 
-def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None,
-            hi: float | None = None) -> list[float]:
+def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None) -> list[float]:
     """K footprint budgets, log-spaced from the smallest front point within `max_drop` (or `lo`) up to the
-    smallest one predicted nearly lossless (or `hi`)."""
+    smallest one predicted nearly lossless."""
     foot, drop = c["footprint"][front], c["drop"][front]
     ok = drop <= max_drop
     if lo is None:
@@ -500,21 +501,49 @@ def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | Non
             return [float(foot[np.argmin(drop)])]
         lo = foot[ok].min()
     lossless = drop <= NEARLY_LOSSLESS
-    hi = max(lo, hi if hi is not None else foot[lossless].min() if lossless.any() else foot.max())
+    hi = max(lo, foot[lossless].min() if lossless.any() else foot.max())
     return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
 
 
+def smallest_within(items, accuracy, floor: float) -> int | None:
+    """The index of the first of `items` (ordered by footprint, accuracy rising with it) whose `accuracy` is at
+    least `floor`, by bisection; the last index when none is."""
+    a, b = 0, len(items) - 1  # invariant: items[b] passes (or nothing does), items[a - 1] fails
+    if accuracy(items[b]) < floor:
+        return b
+    while a < b:
+        mid = (a + b) // 2
+        if accuracy(items[mid]) >= floor:
+            b = mid
+        else:
+            a = mid + 1
+    return b
+
+
+def anchor(c: dict, weights: list[dict], acts: list[dict], screen, floor: float) -> int | None:
+    """NNCF's corner: every precision at the highest value the space lists (8 bits, for most), pruned as far as
+    the screen stays at `floor`: the smallest such structure, found by bisection; None when even the largest
+    structure screens below it."""
+    w = max(range(len(weights)), key=lambda i: sum(weights[i].values()))
+    a = max(range(len(acts)), key=lambda i: sum(acts[i].values()))
+    idx = np.flatnonzero((c["index"][:, 1] == w) & (c["index"][:, 2] == a))
+    if not len(idx):
+        return None
+    idx = idx[np.argsort(c["footprint"][idx], kind="stable")]
+    i = int(idx[smallest_within(idx, screen, floor)])
+    return i if screen(i) >= floor else None
+
+
 def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1,
-           key=None, reference: float | None = None, lossless: float | None = None) -> list[int]:
+           key=None, reference: float | None = None) -> list[int]:
     """One candidate per budget: of the `per_budget` least predicted drops that fit it (the first is the
     predicted front's point there), the best `screen` accuracy (built without training, measured) when given.
     `key(i)` names a candidate's pipeline: two that run the same pipeline are one point.
 
-    With a screen and the base's `reference` accuracy, the end budgets are measured rather than predicted
+    With a screen and the base's `reference` accuracy, the smallest budget is measured rather than predicted
     (the additive prediction misses how pruning, low-bit weights and low-bit maps compound): a bisection over
     the predicted front finds the smallest footprint whose best candidate keeps its screened drop within
-    `max_drop` (the smallest budget), and with `lossless`, another the smallest within `lossless` (the
-    largest budget, when some footprint reaches it)."""
+    `max_drop`."""
     foot, drop = c["footprint"], c["drop"]
     key = key or (lambda i: i)
     order = np.argsort(drop, kind="stable")  # every candidate, least predicted drop first
@@ -536,27 +565,13 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
             return None
         return cands[0] if screen is None or len(cands) == 1 else max(cands, key=screen)
 
-    sizes = np.unique(foot[front])
-
-    def smallest(within: float) -> float | None:  # None: not even the largest front footprint measures within
-        a, b = 0, len(sizes) - 1  # invariant: sizes[b] passes, sizes[a - 1] fails
-        if screen(best(sizes[b], set())) < reference - within:
-            return None
-        while a < b:
-            mid = (a + b) // 2
-            if screen(best(sizes[mid], set())) >= reference - within:
-                b = mid
-            else:
-                a = mid + 1
-        return float(sizes[b])
-
-    lo = hi = None
+    lo = None
     if screen is not None and reference is not None and per_budget > 1:
-        lo = smallest(max_drop) or float(sizes[-1])
-        hi = smallest(lossless) if lossless is not None else None
+        sizes = np.unique(foot[front])
+        lo = float(sizes[smallest_within(sizes, lambda f: screen(best(f, set())), reference - max_drop)])
     picks: list[int] = []
     taken: set = set()
-    for budget in budgets(c, front, k, max_drop, lo, hi):
+    for budget in budgets(c, front, k, max_drop, lo):
         i = best(budget, taken)
         if i is not None:
             picks.append(i)
@@ -681,11 +696,16 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
             screened[i] = screener(point(c, i))
         return screened[i]
 
+    def name(i: int) -> str:  # two candidates that run the same pipeline are one point
+        return json.dumps(space.pipeline(point(c, i)).model_dump(mode="json"), sort_keys=True)
+
     opts = space.sampler.auto
     with torch.no_grad():
         picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
-                       key=lambda i: json.dumps(space.pipeline(point(c, i)).model_dump(mode="json"), sort_keys=True),
-                       reference=table["baseline"], lossless=opts.lossless)
+                       key=name, reference=table["baseline"])
+        top = anchor(c, plans.weights, plans.acts, measured, table["baseline"] - opts.lossless) if opts.screen else None
+    if top is not None and len(picks) < space.budget.trials and name(top) not in {name(i) for i in picks}:
+        picks.insert(0, top)  # one more start point, a free one (it runs the least training, below): first
     lossless = {i for i in picks if i in screened and screened[i] >= table["baseline"] - opts.lossless}
     predicted = [{"params": least_training(space, point(c, i)) if i in lossless else point(c, i),
                   "footprint_bits": int(c["footprint"][i]),
