@@ -205,14 +205,15 @@ def test_two_workers_share_a_postgres_study_and_an_mlflow_server(base, cifar10_d
     st = open_study(load_space(path), pg, create=False)
     numbers = [t.number for t in st.trials]
     complete = [t for t in st.trials if t.state.name == "COMPLETE"]
-    assert len(numbers) == len(set(numbers)) and 8 <= len(complete) <= 9 and len(complete) == len(st.trials)
+    trained = [t for t in complete if ran(t)]  # a repeat of a finished configuration is answered from its record
+    assert len(numbers) == len(set(numbers)) and 8 <= len(trained) <= 9 and len(complete) == len(st.trials)
     client = mlflow.MlflowClient(server)
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("orchestrator.kind") == "study"]
     children = [r for r in runs if r.data.tags.get("orchestrator.kind") == "trial"]
     assert len(parents) == 1
-    assert sorted(int(r.data.tags["orchestrator.trial"]) for r in children) == sorted(t.number for t in complete)
+    assert sorted(int(r.data.tags["orchestrator.trial"]) for r in children) == sorted(t.number for t in trained)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and r.info.status == "FINISHED"
                for r in children)
 
@@ -324,7 +325,8 @@ def test_an_environmental_failure_stops_the_study_and_spends_no_budget(base, cif
     monkeypatch.setattr(runner, "run_pipeline", full_disk)
     one_line_error(run(*args), r"trial 0 failed for a reason outside its configuration.*No space left on device")
     st = open_study(load_space(path), storage, create=False)
-    assert [t.state.name for t in st.trials] == ["FAIL"] and runner.finished(st) == 0
+    states = [t.state.name for t in st.trials]  # the failed start point, and the start points still queued
+    assert states[0] == "FAIL" and set(states[1:]) <= {"WAITING"} and runner.finished(st) == 0
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]  # the study's run and the trial's
