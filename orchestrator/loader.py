@@ -123,9 +123,11 @@ class DeviceLoader:
         return x
 
 
-def first_batches(split: Split, batch_size: int, normalization: dict, device, images: int):
-    """Batches of `split` in order, without augmentation, until `images` images have gone by (calibration)."""
-    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device)
+def first_batches(split: Split, batch_size: int, normalization: dict, device, images: int, augmented: bool = False):
+    """Batches of `split` until `images` images have gone by (calibration): in order and plain, or `augmented`,
+    shuffled and augmented as training is (a fixed seed)."""
+    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device,
+                          train=augmented, drop_last=False)
     seen = 0
     for x, y in loader:
         yield x, y

@@ -20,7 +20,7 @@ from torch import nn
 from .data import Split
 from .errors import OrchestratorError
 from .values import Epochs
-from .loader import Augment, DeviceLoader
+from .loader import Augment, DeviceLoader, first_batches
 from .paths import write_atomic
 from .progress import Progress
 
@@ -133,14 +133,8 @@ def recalibrate_bn(model: nn.Module, split: Split, normalization: dict, images: 
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.to(device).train()
-    loader = DeviceLoader(split, min(batch_size, len(split)), normalization["mean"], normalization["std"], device,
-                          train=True, drop_last=False)
-    seen = 0
-    for x, _ in loader:
+    for x, _ in first_batches(split, batch_size, normalization, device, images, augmented=True):
         model(x)
-        seen += len(x)
-        if seen >= images:
-            break
     for m, momentum in saved:
         m.momentum = momentum
     return model.train(was_training)

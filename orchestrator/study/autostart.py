@@ -21,8 +21,8 @@ value, except that a point the screen measured within `lossless` of the base tra
 dimension lists: with 0 listed, its trial is the screened model itself (prune, BN re-estimated, PTQ), seconds
 instead of minutes. One such point is added when the screen finds it: every precision at its highest listed
 value, pruned as far as the screen stays within `lossless` (the additive prediction cannot find it: low-bit
-maps that cost nothing alone compound). Methods that cannot prune one group without training (no per-group ratio, or data needed) get no
-start point. The footprint is exact for the configuration before any fine-tune; QAT moves it only by the
+maps that cost nothing alone compound). Methods that cannot prune one group without training (no per-group
+ratio, or data needed) get no start point. The footprint is exact for the configuration before any fine-tune; QAT moves it only by the
 weights it rounds to zero.
 """
 
@@ -505,7 +505,7 @@ def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | Non
     return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
 
 
-def smallest_within(items, accuracy, floor: float) -> int | None:
+def smallest_within(items, accuracy, floor: float) -> int:
     """The index of the first of `items` (ordered by footprint, accuracy rising with it) whose `accuracy` is at
     least `floor`, by bisection; the last index when none is."""
     a, b = 0, len(items) - 1  # invariant: items[b] passes (or nothing does), items[a - 1] fails
