@@ -15,7 +15,8 @@ AUTO = {"name": "tpe", "auto": {"images": 50, "bn_images": 32, "points": 3}}
 
 
 def _space(tmp_path, base, **over):
-    return load_space(space_file(tmp_path, base, dimensions=DIMS, sampler=AUTO, budget={"trials": 6}, **over))
+    return load_space(space_file(tmp_path, base, **{"dimensions": DIMS, "sampler": AUTO, "budget": {"trials": 6},
+                                                    **over}))
 
 
 def test_every_candidate_costs_what_the_real_model_measures(base, cifar10_dir, tmp_path):
@@ -106,6 +107,51 @@ def test_the_anchor_is_the_smallest_structure_at_the_highest_precisions_that_scr
     assert tuple(index[i]) == (2, 1, 0)  # structure 2 (0.7) is the smallest within; weights 8 bits, maps 8 bits
     assert set(int(index[j][1]) for j in calls) == {1} and set(int(index[j][2]) for j in calls) == {0}
     assert autostart.anchor(c, weights, acts, screen, floor=0.85) is None  # not even the largest structure
+
+
+def test_the_sibling_is_the_structure_at_its_smallest_plan_screened_within_lossless_of_its_highest():
+    """Structure 1's predicted front: 2,000 (4-bit weights, 4-bit maps), 4,000 (8, 4), 8,000 (8, 8: the
+    highest). 4-bit weights cost 10 points on the screen, 4-bit maps 0.3: the sibling of the 2,000 point keeps
+    8-bit weights and 4-bit maps, unless `lossless` is tighter than 0.3 points."""
+    weights, acts = [{"bits": 4}, {"bits": 8}], [{"act_bits": 8}, {"act_bits": 4}]
+    index = np.array([(s, w, a) for s in range(4) for w in range(2) for a in range(2)])
+    c = {"index": index, "footprint": np.array([1000.0 * (s + 1) * (w + 1) * (2 - a) for s, w, a in index]),
+         "drop": np.array([0.1 * (w == 0) + 0.05 * (a == 1) for s, w, a in index])}
+
+    def screen(i):
+        return 0.8 - 0.1 * (index[i][1] == 0) - 0.003 * (index[i][2] == 1)
+
+    at = {tuple(int(v) for v in row): i for i, row in enumerate(index)}
+    j = autostart.sibling(c, at[1, 0, 1], weights, acts, screen, lossless=0.005, ceiling=0.9)
+    assert tuple(index[j]) == (1, 1, 1) and c["footprint"][j] == 4000
+    j = autostart.sibling(c, at[1, 0, 1], weights, acts, screen, lossless=0.001, ceiling=0.9)
+    assert tuple(index[j]) == (1, 1, 0)  # only the highest plan is within 0.1 points of itself
+    assert autostart.sibling(c, at[1, 1, 1], weights, acts, screen, lossless=0.005, ceiling=0.9) is None  # no larger
+
+
+def test_each_trained_start_point_is_followed_by_its_ptq_sibling(base, cifar10_dir, tmp_path, monkeypatch):
+    """With quant_epochs listed, a start point that trains is followed by its structure at the highest
+    precisions (the only plan screened within `lossless` here) and no QAT: the same prune steps, so the trial
+    reuses the point's pruned, fine-tuned model from the step cache."""
+    space = _space(tmp_path, base, dimensions={**DIMS, "quant_epochs": [0.5, 0]})
+    highest = {"bits": 8, "bits_stage1": 4, "act_bits": 8, "act_stage1": 8}
+
+    def screen(space, base, params, probe):  # far below the base; each precision under its highest costs 10 points
+        return -0.1 * sum(params[k] != v for k, v in highest.items())
+
+    monkeypatch.setattr(autostart, "screen", screen)
+    points = autostart.auto_start(space, cifar10_dir, tmp_path / "cache")["points"]
+    assert len(points) <= space.budget.trials
+    assert all(p["finetune_epochs"] == 0.5 for p in points)  # nothing screened lossless: every point fine-tunes
+    siblings = [k for k, p in enumerate(points) if p["quant_epochs"] == 0]
+    assert siblings and 0 not in siblings
+    for k in siblings:  # right after the trained point whose prune steps it shares, at the highest precisions
+        sib, point = points[k], points[k - 1]
+        assert point["quant_epochs"] == 0.5 and {n: sib[n] for n in highest} == highest != {n: point[n] for n in highest}
+        prunes = [s for s in space.pipeline(sib).steps if s.kind != "quantize"]
+        assert prunes == [s for s in space.pipeline(point).steps if s.kind != "quantize"]
+    monkeypatch.setattr(space.sampler.auto, "siblings", False)
+    assert all(p["quant_epochs"] == 0.5 for p in autostart.auto_start(space, cifar10_dir, tmp_path / "cache")["points"])
 
 
 def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar10_dir, tmp_path, monkeypatch):

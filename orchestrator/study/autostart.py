@@ -73,6 +73,9 @@ class AutoStart(BaseModel):
     # more start point, every precision at its highest listed value and pruned as far as the screen stays within
     # it (NNCF's int8 corner); a start point within it trains the least each epochs dimension lists (0 listed:
     # the screened model itself, seconds): fine-tuning cannot recover a loss the screen did not see
+    siblings: bool = True  # with `screen` > 0 and a listed quant_epochs: each trained start point is followed by
+    # its structure at the smallest precisions screened within `lossless` of its highest, at the least listed
+    # QAT (0: post-training quantization of the pruned, fine-tuned model the step cache holds: seconds)
 
 
 # --- the space's values, split into what the sensitivity measures ------------------------------------
@@ -520,18 +523,42 @@ def smallest_within(items, accuracy, floor: float) -> int:
     return b
 
 
+def _highest(weights: list[dict], acts: list[dict]) -> tuple[int, int]:
+    """The weight and activation plans with every precision at its highest listed value."""
+    return (max(range(len(weights)), key=lambda i: sum(weights[i].values())),
+            max(range(len(acts)), key=lambda i: sum(acts[i].values())))
+
+
 def anchor(c: dict, weights: list[dict], acts: list[dict], screen, floor: float) -> int | None:
     """NNCF's corner: every precision at the highest value the space lists (8 bits, for most), pruned as far as
     the screen stays at `floor`: the smallest such structure, found by bisection; None when even the largest
     structure screens below it."""
-    w = max(range(len(weights)), key=lambda i: sum(weights[i].values()))
-    a = max(range(len(acts)), key=lambda i: sum(acts[i].values()))
+    w, a = _highest(weights, acts)
     idx = np.flatnonzero((c["index"][:, 1] == w) & (c["index"][:, 2] == a))
     if not len(idx):
         return None
     idx = idx[np.argsort(c["footprint"][idx], kind="stable")]
     i = int(idx[smallest_within(idx, screen, floor)])
     return i if screen(i) >= floor else None
+
+
+def sibling(c: dict, i: int, weights: list[dict], acts: list[dict], screen, lossless: float,
+            ceiling: float) -> int | None:
+    """Candidate `i`'s structure at the smallest precision plan whose screen stays within `lossless` of that
+    structure at its highest precisions (bisection over the structure's own predicted front); None when that
+    is no larger than `i`. Run after `i` with no QAT (post-training quantization), it reuses `i`'s pruned,
+    fine-tuned model from the step cache: a front point in seconds, above `i`'s low-bit one."""
+    s = c["index"][i, 0]
+    w, a = _highest(weights, acts)
+    idx = np.flatnonzero(c["index"][:, 0] == s)
+    top = idx[(c["index"][idx, 1] == w) & (c["index"][idx, 2] == a)]
+    if not len(top):
+        return None
+    top = int(top[0])
+    front = idx[predicted_front({"footprint": c["footprint"][idx], "drop": c["drop"][idx]}, ceiling)]
+    items = [int(j) for j in front if c["footprint"][j] < c["footprint"][top]] + [top]
+    j = items[smallest_within(items, screen, screen(top) - lossless)]
+    return j if c["footprint"][j] > c["footprint"][i] else None
 
 
 def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1,
@@ -650,6 +677,25 @@ class Veto:
         return out
 
 
+def _with_siblings(space, c: dict, entries: list, lossless: set, plans: Plans, screen, name, ceiling) -> list:
+    """`entries` ([(candidate, params)]) with each trained point followed by its `sibling` at the least QAT the
+    space lists, while the budget has room."""
+    listed = space.params().get("quant_epochs")
+    if not isinstance(listed, list) or len(listed) < 2:
+        return entries
+    out, names = [], {name(i) for i, _ in entries}
+    room = space.budget.trials - len(entries)
+    for i, params in entries:
+        out.append((i, params))
+        j = None if i in lossless or room <= 0 else sibling(
+            c, i, plans.weights, plans.acts, screen, space.sampler.auto.lossless, ceiling)
+        if j is not None and name(j) not in names:
+            out.append((j, {**point(c, j), "quant_epochs": min(listed)}))
+            names.add(name(j))
+            room -= 1
+    return out
+
+
 def point(c: dict, i: int) -> dict:
     s, w, a = c["index"][i]
     return {**c["fixed"], **c["structures"][s], **c["weights"][w], **c["acts"][a]}
@@ -704,13 +750,17 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
         picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
                        key=name, reference=table["baseline"])
         top = anchor(c, plans.weights, plans.acts, measured, table["baseline"] - opts.lossless) if opts.screen else None
+    picks = picks[::-1]  # the largest first: a timeout cuts the most aggressive points, the least likely feasible
     if top is not None and len(picks) < space.budget.trials and name(top) not in {name(i) for i in picks}:
         picks.insert(0, top)  # one more start point, a free one (it runs the least training, below): first
     lossless = {i for i in picks if i in screened and screened[i] >= table["baseline"] - opts.lossless}
-    predicted = [{"params": least_training(space, point(c, i)) if i in lossless else point(c, i),
-                  "footprint_bits": int(c["footprint"][i]),
+    entries = [(i, least_training(space, point(c, i)) if i in lossless else point(c, i)) for i in picks]
+    if opts.siblings and opts.screen:
+        with torch.no_grad():
+            entries = _with_siblings(space, c, entries, lossless, plans, measured, name, ceiling)
+    predicted = [{"params": params, "footprint_bits": int(c["footprint"][i]),
                   "predicted_drop": round(float(min(c["drop"][i], ceiling)), 4),
-                  **({"screen_acc": screened[i]} if i in screened else {})} for i in picks]
+                  **({"screen_acc": screened[i]} if i in screened else {})} for i, params in entries]
     if log:
         for p in predicted:
             shown = f", screened {100 * p['screen_acc']:.1f}%" if "screen_acc" in p else ""
