@@ -148,13 +148,25 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
     assert "constrained-" not in result.output and "global_magnitude." not in result.output  # no union tags
 
 
-def test_a_run_refused_by_a_bad_value_leaves_nothing_that_blocks_the_corrected_rerun(base, cifar10_dir, tmp_path):
-    """A refusal inside a step (a group the model lacks) happens after the resume store exists; the store holds no
-    finished step, so the corrected command replaces it instead of asking the user to delete it."""
+REFUSED_RUNS = {  # name: (the command, its bad value, the corrected value, the pattern the error line must match)
+    "quantize --val-size beyond the train split": (["quantize", "--method", "qat", "--finetune-epochs", "0"],
+                                                   ["--val-size", "500"], ["--val-size", "20"], r"val_size=500"),
+    "prune --stage-ratios beyond the stages": (["prune", "--method", "l1_filter"], ["--stage-ratios", "0.1,0.2,0.3,0.4"],
+                                               ["--ratio", "0.5"], r"stage_ratios has 4 entries; resnet8 has 3"),
+    "prune --skip of a group the model lacks": (["prune", "--method", "l1_filter", "--ratio", "0.5"],
+                                                ["--skip", "nosuchgroup"], [], r"unknown channel group 'nosuchgroup'"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_RUNS))
+def test_a_run_refused_by_a_bad_value_writes_nothing_and_the_corrected_rerun_runs(name, base, cifar10_dir, tmp_path):
+    """Model- and data-dependent values are checked before the resume store is created: the refused command
+    leaves no OUT.work that the corrected one would have to be told about."""
+    (command, *options), bad, fixed, pattern = REFUSED_RUNS[name]
     out = tmp_path / "p.pt"
-    bad = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--skip", "nosuchgroup", "--data-dir",
-              cifar10_dir, "--out", out)
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    good = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--data-dir", cifar10_dir, "--out", out)
+    rest = [base, *options, "--data-dir", cifar10_dir, "--out", out, "--quiet"]
+    one_line_error(run(command, *rest, *bad), pattern)
+    assert not (tmp_path / "p.pt.work").exists()
+    good = run(command, *rest, *fixed)
     assert good.exit_code == 0, good.output
     assert out.is_file() and not (tmp_path / "p.pt.work").exists()
