@@ -117,6 +117,8 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
                                                    "sqlite:////proc/nope/x.db"],
                                                   r"no study named 'bad' in sqlite:////proc/nope/x.db \(/proc/nope/x.db "
                                                   r"does not exist\)"),
+    "study report: storage that is a folder": (["report", "{space}", "--storage", "sqlite:///{tmp}"],
+                                               r"no study named 'bad' in .* is a folder, not a database file"),
     "study pareto: storage that does not exist": (["study", "pareto", "{space}", "--storage",
                                                    "sqlite:///{tmp}/nope/x.db"], r"no study named 'bad' in .*does not exist"),
 }
