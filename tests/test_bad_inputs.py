@@ -36,12 +36,14 @@ def bad_files(base, tmp_path):
     (tmp_path / "list.orcx").write_bytes(data[:5] + struct.pack("<I", len(header)) + header)
     out["list_header"] = tmp_path / "list.orcx"
     head_len = struct.unpack("<I", data[5:9])[0]
-    fields = json.loads(zlib.decompress(data[9:9 + head_len]))
-    dense = next(t for t in fields["tensors"] if t[2] == 0)  # [fmt, bits, encoding (0: dense), index bits, nonzero, n]
-    dense[4] += 1
-    forged = zlib.compress(json.dumps(fields).encode())
-    (tmp_path / "count.orcx").write_bytes(data[:5] + struct.pack("<I", len(forged)) + forged + data[9 + head_len:])
-    out["count_header"] = tmp_path / "count.orcx"
+    for name, count, extra in (("count", 4, b""), ("entries", 5, b""), ("tail", None, b"\0\0")):
+        forged = json.loads(zlib.decompress(data[9:9 + head_len]))
+        if count is not None:  # [fmt, bits, encoding (0: dense), index bits, nonzero, entries (relative index only)]
+            next(t for t in forged["tensors"] if t[2] == 0)[count] += 1
+        head = zlib.compress(json.dumps(forged).encode())
+        (tmp_path / f"{name}.orcx").write_bytes(data[:5] + struct.pack("<I", len(head)) + head + data[9 + head_len:]
+                                                + extra)
+        out[f"{name}_header"] = tmp_path / f"{name}.orcx"
     (tmp_path / "a_file").write_text("")
     out["file"] = tmp_path / "a_file"
     out["export"] = export
@@ -90,6 +92,11 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
     "export header with a wrong nonzero count": (["footprint", "{count_header}"],
                                                  r"corrupt export: tensor \S+ holds [\d,]+ nonzero values, its header says"),
     "import of a wrong nonzero count": (["import", "{count_header}", "{tmp}/back.pt"], r"its header says"),
+    "export header with entries for a dense tensor": (["footprint", "{entries_header}"],
+                                                      r"corrupt export: tensor \S+ is dense, its header gives it 1 "
+                                                      r"relative-index entries"),
+    "export with bytes after the last tensor": (["import", "{tail_header}", "{tmp}/back.pt"],
+                                                r"tail.orcx: corrupt export \(2 bytes after the last tensor"),
     "study: unreachable MLflow": (["study", "run", "{space}", "--mlflow", "http://127.0.0.1:1", "--storage",
                                    "sqlite:///{tmp}/o.db", "--data-dir", "{data}"],
                                   r"--mlflow http://127.0.0.1:1: no MLflow server answers there"),
