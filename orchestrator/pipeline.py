@@ -140,6 +140,8 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     timer = Timer()
     with timer("load"):
         model, ckpt = load_model(base, device)
+    for step in config.steps:  # a model-dependent error (a group the model lacks) comes before any work
+        step.check(model)
     run = _Run(config, str(base), ckpt, device, progress, timer, evaluate_steps, test)
     run.load_data(data_dir, cache_dir)  # a data-dependent error comes before the store is written
     run.work = _open_store(out.with_name(out.name + ".work"), config, base)

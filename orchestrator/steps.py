@@ -37,9 +37,16 @@ class _Step(BaseModel):
     def config(self):
         return getattr(self, self.kind)
 
+    def check(self, model) -> None:
+        """Refuse what the model makes wrong (a group or layer it lacks) before a pipeline writes or spends
+        anything; step names survive the steps before, so the base model answers for every step."""
+
 
 class PruneStep(_Step):
     prune: PruneMethod
+
+    def check(self, model) -> None:
+        self.prune.check(model)
 
 
 class FinetuneStep(_Step):
@@ -48,6 +55,9 @@ class FinetuneStep(_Step):
 
 class QuantizeStep(_Step):
     quantize: QuantConfig = QuantConfig()
+
+    def check(self, model) -> None:
+        self.quantize.plan(model)
 
 
 def _step_kind(v: Any) -> str | None:

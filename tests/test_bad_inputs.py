@@ -36,12 +36,14 @@ def bad_files(base, tmp_path):
     (tmp_path / "list.orcx").write_bytes(data[:5] + struct.pack("<I", len(header)) + header)
     out["list_header"] = tmp_path / "list.orcx"
     head_len = struct.unpack("<I", data[5:9])[0]
-    fields = json.loads(zlib.decompress(data[9:9 + head_len]))
-    dense = next(t for t in fields["tensors"] if t[2] == 0)  # [fmt, bits, encoding (0: dense), index bits, nonzero, n]
-    dense[4] += 1
-    forged = zlib.compress(json.dumps(fields).encode())
-    (tmp_path / "count.orcx").write_bytes(data[:5] + struct.pack("<I", len(forged)) + forged + data[9 + head_len:])
-    out["count_header"] = tmp_path / "count.orcx"
+    for name, count, extra in (("count", 4, b""), ("entries", 5, b""), ("tail", None, b"\0\0")):
+        forged = json.loads(zlib.decompress(data[9:9 + head_len]))
+        if count is not None:  # [fmt, bits, encoding (0: dense), index bits, nonzero, entries (relative index only)]
+            next(t for t in forged["tensors"] if t[2] == 0)[count] += 1
+        head = zlib.compress(json.dumps(forged).encode())
+        (tmp_path / f"{name}.orcx").write_bytes(data[:5] + struct.pack("<I", len(head)) + head + data[9 + head_len:]
+                                                + extra)
+        out[f"{name}_header"] = tmp_path / f"{name}.orcx"
     (tmp_path / "a_file").write_text("")
     out["file"] = tmp_path / "a_file"
     out["export"] = export
@@ -90,6 +92,11 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
     "export header with a wrong nonzero count": (["footprint", "{count_header}"],
                                                  r"corrupt export: tensor \S+ holds [\d,]+ nonzero values, its header says"),
     "import of a wrong nonzero count": (["import", "{count_header}", "{tmp}/back.pt"], r"its header says"),
+    "export header with entries for a dense tensor": (["footprint", "{entries_header}"],
+                                                      r"corrupt export: tensor \S+ is dense, its header gives it 1 "
+                                                      r"relative-index entries"),
+    "export with bytes after the last tensor": (["import", "{tail_header}", "{tmp}/back.pt"],
+                                                r"tail.orcx: corrupt export \(2 bytes after the last tensor"),
     "study: unreachable MLflow": (["study", "run", "{space}", "--mlflow", "http://127.0.0.1:1", "--storage",
                                    "sqlite:///{tmp}/o.db", "--data-dir", "{data}"],
                                   r"--mlflow http://127.0.0.1:1: no MLflow server answers there"),
@@ -117,6 +124,8 @@ CASES = {  # name: (arguments, with {base}, {data}, {file}, ... filled in; the p
                                                    "sqlite:////proc/nope/x.db"],
                                                   r"no study named 'bad' in sqlite:////proc/nope/x.db \(/proc/nope/x.db "
                                                   r"does not exist\)"),
+    "study report: storage that is a folder": (["report", "{space}", "--storage", "sqlite:///{tmp}"],
+                                               r"no study named 'bad' in .* is a folder, not a database file"),
     "study pareto: storage that does not exist": (["study", "pareto", "{space}", "--storage",
                                                    "sqlite:///{tmp}/nope/x.db"], r"no study named 'bad' in .*does not exist"),
 }
@@ -148,13 +157,25 @@ def test_bad_input_is_one_line_before_any_work(name, base, cifar10_dir, tmp_path
     assert "constrained-" not in result.output and "global_magnitude." not in result.output  # no union tags
 
 
-def test_a_run_refused_by_a_bad_value_leaves_nothing_that_blocks_the_corrected_rerun(base, cifar10_dir, tmp_path):
-    """A refusal inside a step (a group the model lacks) happens after the resume store exists; the store holds no
-    finished step, so the corrected command replaces it instead of asking the user to delete it."""
+REFUSED_RUNS = {  # name: (the command, its bad value, the corrected value, the pattern the error line must match)
+    "quantize --val-size beyond the train split": (["quantize", "--method", "qat", "--finetune-epochs", "0"],
+                                                   ["--val-size", "500"], ["--val-size", "20"], r"val_size=500"),
+    "prune --stage-ratios beyond the stages": (["prune", "--method", "l1_filter"], ["--stage-ratios", "0.1,0.2,0.3,0.4"],
+                                               ["--ratio", "0.5"], r"stage_ratios has 4 entries; resnet8 has 3"),
+    "prune --skip of a group the model lacks": (["prune", "--method", "l1_filter", "--ratio", "0.5"],
+                                                ["--skip", "nosuchgroup"], [], r"unknown channel group 'nosuchgroup'"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_RUNS))
+def test_a_run_refused_by_a_bad_value_writes_nothing_and_the_corrected_rerun_runs(name, base, cifar10_dir, tmp_path):
+    """Model- and data-dependent values are checked before the resume store is created: the refused command
+    leaves no OUT.work that the corrected one would have to be told about."""
+    (command, *options), bad, fixed, pattern = REFUSED_RUNS[name]
     out = tmp_path / "p.pt"
-    bad = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--skip", "nosuchgroup", "--data-dir",
-              cifar10_dir, "--out", out)
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    good = run("prune", base, "--method", "l1_filter", "--ratio", "0.5", "--data-dir", cifar10_dir, "--out", out)
+    rest = [base, *options, "--data-dir", cifar10_dir, "--out", out, "--quiet"]
+    one_line_error(run(command, *rest, *bad), pattern)
+    assert not (tmp_path / "p.pt.work").exists()
+    good = run(command, *rest, *fixed)
     assert good.exit_code == 0, good.output
     assert out.is_file() and not (tmp_path / "p.pt.work").exists()

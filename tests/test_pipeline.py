@@ -61,6 +61,22 @@ def test_pipeline_resumes_after_a_kill_without_redoing_finished_steps(base, cifa
     assert [(p.method, p.ratio) for p in pruned] == [("global_magnitude", 0.6)]  # the first prune was not redone
 
 
+@pytest.mark.parametrize("finished", [0, 1])
+def test_a_store_of_another_pipeline_is_replaced_unless_it_holds_finished_steps(finished, base, cifar10_dir, tmp_path):
+    work = tmp_path / "p.pt.work"
+    work.mkdir()
+    (work / "pipeline.json").write_text(json.dumps({"base": "other.pt", "pipeline": {}}))
+    (work / "records.json").write_text(json.dumps([{"step": "base"}] + [{"step": "prune"}] * finished))
+    config = PipelineConfig(val_size=0, steps=[{"prune": {"method": "global_magnitude", "ratio": 0.5}}])
+    if finished:
+        with pytest.raises(OrchestratorError, match="holds the unfinished steps of another pipeline or base"):
+            run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+        assert (work / "records.json").is_file()  # kept: never thrown away
+    else:
+        result = run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+        assert [s["step"] for s in result["steps"]] == ["base", "prune"] and not work.exists()
+
+
 def test_finetune_step_keeps_pruned_weights_zero():
     from orchestrator.models import build_model
     model = finalize_(prune_(build_model("resnet8"), {"method": "global_magnitude", "ratio": 0.5}))

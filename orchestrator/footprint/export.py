@@ -182,6 +182,9 @@ def load_export(path) -> tuple[nn.Module, dict]:
                     raise CheckpointError(f"{path} is truncated (tensor {e['name']})")
                 pos += length
             _restore(model, e, streams)
+        if pos != len(payload):  # the header's counts size the streams: a wrong one leaves bytes over
+            raise CheckpointError(f"{path}: corrupt export ({len(payload) - pos:,} bytes after the last tensor; "
+                                  "the header's counts do not fit the payload)")
         for name, a in header.get("activations", {}).items():
             q = attach_act_quant_(model.get_submodule(name), a["bits"])
             q.max.fill_(a["max"])
@@ -205,6 +208,9 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
     else:
         positions = np.arange(n)
         vals = fmt.decode(streams["values"], n, bits)
+    if e["encoding"] != "relative_index" and e.get("entries"):  # only relative indices have entries
+        raise CheckpointError(f"corrupt export: tensor {e['name']} is {e['encoding']}, its header gives it "
+                              f"{e['entries']:,} relative-index entries")
     flat = torch.zeros(n, dtype=vals.dtype)
     flat[torch.from_numpy(positions)] = vals
     if int(torch.count_nonzero(flat)) != e["nonzero"]:  # the header's count is what the footprint reads

@@ -79,17 +79,23 @@ class Cached(Importance):
 IMPORTANCE = {cls.name: cls for cls in (L1Norm, BNScale, RandomImportance)}  # name -> Importance class
 
 
+def check_groups(model: nn.Module, names, stage_ratios: list[float] | None = None) -> None:
+    """Refuse channel group names the model lacks and more stage ratios than it has stages (a config's
+    model-dependent values, checked before a pipeline spends any work)."""
+    groups = channel_groups(model)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise OrchestratorError(f"unknown channel group {unknown[0]!r}; allowed: {', '.join(groups)}")
+    stages = 1 + max(g.stage for g in groups.values())
+    if stage_ratios is not None and len(stage_ratios) > stages:
+        raise OrchestratorError(f"stage_ratios has {len(stage_ratios)} entries; {model.arch} has {stages} "
+                                f"stages: give at most {stages}")
+
+
 def group_ratios(model: nn.Module, groups: dict[str, Group], ratio: float, stage_ratios: list[float] | None = None,
                  skip: list[str] = (), per_group: dict[str, float] | None = None) -> dict[str, float]:
     """Ratio per group: `per_group` entries, else the stage's ratio, else `ratio`; skipped groups 0."""
-    unknown = [n for n in [*skip, *(per_group or {})] if n not in channel_groups(model)]
-    if unknown:
-        raise OrchestratorError(f"unknown channel group {unknown[0]!r}; allowed: {', '.join(channel_groups(model))}")
-    if stage_ratios is not None:
-        stages = 1 + max(g.stage for g in channel_groups(model).values())
-        if len(stage_ratios) > stages:
-            raise OrchestratorError(f"stage_ratios has {len(stage_ratios)} entries; {model.arch} has {stages} "
-                                    f"stages: give at most {stages}")
+    check_groups(model, [*skip, *(per_group or {})], stage_ratios)
     out = {}
     for name, g in groups.items():
         if name in skip:

@@ -42,6 +42,12 @@ class PruneConfig(BaseModel):
         what = f"{family} models" if family else "this model"
         return f"method {cls.model_fields['method'].default!r} does not prune {what}; it prunes {', '.join(cls.families)}"
 
+    def check(self, model: nn.Module) -> None:
+        """Refuse a model this config cannot prune (its family, names it lacks): a pipeline asks before any work."""
+        refused = self.supports(model)
+        if refused:
+            raise OrchestratorError(refused)
+
     def needs_data(self) -> bool:
         """Whether the method needs training/calibration data (fine-tuning and BN recalibration count)."""
         ft = getattr(self, "finetune", None)
@@ -84,9 +90,7 @@ def prune_(model: nn.Module, config: PruneConfig | dict, data: FinetuneData | No
     make them permanent). Structured methods return a new, smaller dense model.
     """
     config = parse_config(config)
-    refused = config.supports(model)
-    if refused:
-        raise OrchestratorError(refused)
+    config.check(model)
     prunable_layers(model)
     if config.needs_data() and data is None:
         raise OrchestratorError(f"method {config.method!r} with this config needs data "

@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from .channels import BNScale, Importance, L1Norm, RandomImportance, group_ratios, keep_global, keep_per_group
+from .channels import (BNScale, Importance, L1Norm, RandomImportance, check_groups, group_ratios, keep_global,
+                       keep_per_group)
 from .core import ratio_sets
 from ..finetune import FinetuneConfig, FinetuneData, finetune
 from ..values import Ratio
@@ -41,6 +42,10 @@ class ChannelRatios(PruneConfig):
     skip: list[str] = []  # groups left whole (the sensitive ones)
     finetune: FinetuneConfig = FinetuneConfig()  # after all stages (one_shot) or after each stage
 
+    def check(self, model: nn.Module) -> None:
+        super().check(model)
+        check_groups(model, [*self.skip, *self.ratios], self.stage_ratios)
+
 
 class FilterConfig(ChannelRatios):
     """What every per-group filter-pruning method shares: ratios per group, stage or channel group, skips, mode."""
@@ -49,6 +54,10 @@ class FilterConfig(ChannelRatios):
     groups: Kinds = "internal"
     min_keep: int = Field(1, ge=1)  # channels every group keeps
     mode: Literal["one_shot", "stagewise"] = "one_shot"  # stagewise: prune a stage, retrain, next stage
+
+    def check(self, model: nn.Module) -> None:
+        super().check(model)
+        ratio_sets(model, self.ratio, self.group_ratios)
 
 
 class L1Filter(FilterConfig):

@@ -29,6 +29,10 @@ class _Ratio(PruneConfig):
     min_keep: int = Field(1, ge=0)  # weights every layer keeps at least
     finetune: FinetuneConfig = FinetuneConfig()
 
+    def check(self, model: nn.Module) -> None:
+        super().check(model)
+        core.ratio_sets(model, self.ratio, self.group_ratios)
+
 
 class GlobalMagnitude(_Ratio):
     method: Literal["global_magnitude"] = "global_magnitude"

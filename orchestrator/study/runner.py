@@ -105,7 +105,9 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
     `start_points`), else the space's hand-written ones. Each records how it was proposed (`proposed_by`)."""
     optuna = _optuna()
     if not create and _absent(storage):
-        raise OrchestratorError(f"no study named {space.name!r} in {storage} ({sqlite_file(storage)} does not exist)")
+        file = sqlite_file(storage)
+        raise OrchestratorError(f"no study named {space.name!r} in {storage} "
+                                f"({file} {'is a folder, not a database file' if file.is_dir() else 'does not exist'})")
     st = storage_for(storage)
     if not create:
         try:
