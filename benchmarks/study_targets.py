@@ -3,14 +3,20 @@ the smallest footprint within 1 and 3 points of the dense base, and the number o
 within 5 points; then each trial's time per stage (its record's `timings`), training and the rest apart.
 
     python benchmarks/study_targets.py search_spaces/quick_cpu.yaml [--base FILE] [--name NAME] [--storage URL]
+
+With `--began ISO --minutes M`, only the trials that started within M minutes of ISO (when `study run` was
+launched) count: what a study with `timeout_minutes: M` would have answered, e.g. a 25-minute budget scaled
+to a faster machine. Front trials without a test accuracy (off the full front) show n/a: `orchestrator eval`.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from datetime import datetime, timedelta
+
 from orchestrator.study import load_space, open_study
-from orchestrator.study.pareto import pct, rows
+from orchestrator.study.pareto import non_dominated, pct, rows
 
 
 def main():
@@ -19,9 +25,13 @@ def main():
     p.add_argument("--storage", default="sqlite:///runs/studies.db")
     p.add_argument("--base", help="the space run on this checkpoint (`study run --base`)")
     p.add_argument("--name", help="the study's name (`study run --name`)")
+    p.add_argument("--began", type=datetime.fromisoformat, help="local time `study run` was launched")
+    p.add_argument("--minutes", type=float, help="with --began: count the trials started within this")
     args = p.parse_args()
     study = open_study(load_space(args.space, base=args.base, name=args.name), args.storage, create=False)
     data = rows(study)
+    if args.began and args.minutes:
+        data = cut(study, data, args.began + timedelta(minutes=args.minutes))
     front = [r for r in data if r["pareto"]]
     base_test, base_bytes = data[0]["base_test_acc"], data[0]["base_footprint_bytes"]
     trials = [t for t in study.get_trials(deepcopy=False)]
@@ -42,6 +52,18 @@ def main():
               + ("none" if best is None else f"trial {best['trial']} {best['compression']:.1f}x "
                  f"({100 * (best['test_acc'] - base_test):+.2f} points, {best['footprint_bytes']:,.0f} B)"))
     stage_times(trials)
+
+
+def cut(study, data: list[dict], deadline: datetime) -> list[dict]:
+    """The rows of trials started before `deadline` (a timeout lets the running trial finish), with the
+    front recomputed among them."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    kept = [r for r in data if trials[r["trial"]].datetime_start <= deadline]
+    signs = [1 if d.name == "MAXIMIZE" else -1 for d in study.directions]
+    values = {r["trial"]: [s * v for s, v in zip(signs, trials[r["trial"]].values)] for r in kept}
+    front = set(non_dominated([r["trial"] for r in kept if r["feasible"]], values))
+    print(f"trials started by {deadline:%H:%M:%S}: {len(kept)} of {len(data)}")
+    return [{**r, "pareto": r["trial"] in front} for r in kept]
 
 
 def _points(x, base) -> str:
