@@ -90,6 +90,25 @@ def test_with_a_screen_the_smallest_budget_is_the_smallest_that_measures_within_
     assert screen(picks[0]) >= 0.5  # the smallest start point measures within max_drop
 
 
+def test_with_lossless_the_largest_budget_is_the_smallest_that_screens_within_it():
+    """Predicted drop falls with footprint to nearly nothing at about 93 KB; the screen reaches the reference
+    (0.9) less `lossless` (0.1) at 60 KB. With `lossless` the top budget is that screened point, so every
+    budget that trains sits below where training stops paying; without it, the predicted point."""
+    foot = np.linspace(1000, 100000, 199)
+    c = {"footprint": foot, "drop": 0.9 * (1 - foot / 100000) ** 2}
+    front = autostart.predicted_front(c, ceiling=0.9)
+
+    def screen(i):
+        return min(0.9, 0.2 + foot[i] / 100000)
+
+    wide = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9)
+    picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9, lossless=0.1)
+    assert foot[wide[-1]] > 90000 and len(picks) == 3
+    assert screen(picks[-1]) >= 0.8 - 1e-9 and foot[picks[-1]] < 61000  # the first footprint screened within
+    assert screen(picks[0]) >= 0.5 - 1e-9 and foot[picks[0]] < 31000  # the smallest within max_drop, as before
+    assert foot[picks[0]] < foot[picks[1]] < foot[picks[2]]
+
+
 def test_the_anchor_is_the_smallest_structure_at_the_highest_precisions_that_screens_within_lossless():
     """4 structures x 2 weight plans x 2 activation plans; the screen rises with footprint. The anchor keeps the
     highest plans (8 bits over 4) and the smallest structure whose screen reaches the floor."""

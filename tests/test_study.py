@@ -404,6 +404,23 @@ def test_the_timeout_counts_the_start_points_measurement(base, cifar10_dir, in_t
     assert runner.finished(st) >= 1  # the same budget without the slow start runs a trial
 
 
+def test_timeout_minutes_overrides_the_budget_for_one_run(base, cifar10_dir, in_tmp):
+    """`--timeout-minutes` replaces `budget.timeout_minutes` for this run (a budget scaled to a machine): a
+    timeout spent before the first trial runs none; the space's own (none) then runs its trials; 0 is refused."""
+    path = space_file(in_tmp, base, budget={"trials": 2})
+    kw = ["--data-dir", cifar10_dir, "--storage", f"sqlite:///{in_tmp}/o.db", "--mlflow", f"sqlite:///{in_tmp}/m.db",
+          "--out", in_tmp / "s", "--quiet"]
+    def complete():
+        st = open_study(load_space(path), f"sqlite:///{in_tmp}/o.db", create=False)
+        return status(st).get("COMPLETE", 0)
+
+    r = run("study", "run", path, "--timeout-minutes", "0.00001", *kw)
+    assert r.exit_code == 0 and complete() == 0, r.output
+    r = run("study", "run", path, *kw)
+    assert r.exit_code == 0 and complete() == 2, r.output
+    one_line_error(run("study", "run", path, "--timeout-minutes", "0", *kw), "timeout-minutes")
+
+
 def test_two_workers_on_sqlite_never_claim_the_same_waiting_trial(in_tmp, monkeypatch):
     """Both read the start point as WAITING before either sets it RUNNING (held there by a barrier): without
     the claim lock both would run it (optuna#4621, seen once in CI as two workers on trial 0)."""

@@ -35,17 +35,19 @@ def _pareto_command(space_file, storage, base=None, name=None) -> str:
 
 
 def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist, workers=1,
-         base=None, name=None):
+         base=None, name=None, timeout=None):
     from ..study import DEFAULT_STORAGE, load_space, open_study, run_study, status
     from ..study.pareto import rows
 
     space = load_space(space_file, base, name)
+    if timeout is not None:  # the resolved budget is what the study's MLflow run logs
+        space.budget.timeout_minutes = timeout
     storage = storage or DEFAULT_STORAGE
     if must_exist:
         open_study(space, storage, create=False)
     if workers > 1:
         return _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers,
-                            base, name)
+                            base, name, timeout)
 
     def echo(number, params, values):
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -69,7 +71,7 @@ def _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, q
 
 
 def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out_dir, trials, workers, base=None,
-                 name=None):
+                 name=None, timeout=None):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
     from ..study.runner import BEGAN_ENV, preflight, publish, start_points, test_front
@@ -84,7 +86,8 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     argv = ["study", "run", str(space_file), "--storage", storage, "--out", str(out_dir), "--device", device,
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
             *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else []),
-            *(["--base", str(base)] if base else []), "--name", space.name]
+            *(["--base", str(base)] if base else []), *(["--timeout-minutes", str(timeout)] if timeout else []),
+            "--name", space.name]
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo, env={BEGAN_ENV: began})
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
@@ -103,6 +106,9 @@ _common = with_options([
                  help="Trial checkpoints, exports and Pareto files go under OUT/<study name>/."),
     click.option("--trials", type=click.IntRange(min=1), default=None,
                  help="At most this many trials now (default: up to the budget)."),
+    click.option("--timeout-minutes", "timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="This run's budget.timeout_minutes instead of the space's (e.g. the budget scaled to "
+                      "this machine's epoch time)."),
     click.option("--quiet", is_flag=True, help="No training progress output."),
     click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Local worker processes sharing the study, each with cores/N torch "
@@ -115,9 +121,10 @@ def _run_command(name: str, must_exist: bool, doc: str):
     @click.argument("space_file", type=click.Path(dir_okay=False))
     @_common
     @_one_line_errors
-    def command(space_file, storage, tracking_uri, data_dir, device, base, name, out_dir, trials, quiet, workers):
+    def command(space_file, storage, tracking_uri, data_dir, device, base, name, out_dir, trials, timeout, quiet,
+                workers):
         _run(space_file, storage, tracking_uri, data_dir, device, out_dir, trials, quiet, must_exist=must_exist,
-             workers=workers, base=base, name=name)
+             workers=workers, base=base, name=name, timeout=timeout)
 
     return command
 

@@ -13,8 +13,10 @@ GP's start-up trials too. Here they come from the base itself, in seconds to min
    rounded per layer as the trial's quantize step plans them, activation peak from the liveness trace at
    the planned bits), and its drop predicted as the sum of its groups' drops (HAWQ's and Sony MCT's
    additive model). The non-dominated set of (predicted drop, footprint) is the predicted front.
-3. *Spread*: K footprint budgets, log-spaced from the smallest front point predicted nearly lossless to
-   the smallest one within `max_drop`; each budget's point is the least predicted drop that fits it.
+3. *Spread*: K footprint budgets, log-spaced between the smallest footprint whose best screened candidate
+   stays within `max_drop` and the smallest whose best screens within `lossless` (each found by bisection;
+   without a screen: the predicted front's); each budget's point is the best screened of its least
+   predicted drops. Each trained point is followed by its post-training-quantized `sibling`.
 
 Dimensions the sensitivity cannot see (fine-tune and QAT epochs, KD, weight ranges) take their first listed
 value, except that a point the screen measured within `lossless` of the base trains the least each epochs
@@ -49,7 +51,7 @@ from ..models import layer_groups
 from ..paths import read_json, write_json
 from ..pruning import METHODS, finalize_, prune_
 from ..pruning.core import effective_weight, prunable_layers
-from ..qformat import attach_act_quant_, quantize_weight_
+from ..qformat import attach_act_quant_, quantize_weight_, set_act_bits_
 from ..quant import QuantConfig, calibrate_, quantize_
 from ..finetune import FinetuneData
 from ..train import evaluate, recalibrate_bn
@@ -392,7 +394,7 @@ def _act_peaks(model: nn.Module, act_plans: list[dict[str, int] | None]) -> list
             continue
         for n, b in plan.items():
             layers[n].act_quant.bits = b
-        m.act_bits = max(plan.values())
+        set_act_bits_(m)  # the one rule of a model's default map width
         out.append(activation_report(m, 1, m.act_bits, gm)["peak_bits"])
     return out
 
@@ -494,9 +496,10 @@ def predicted_front(c: dict, ceiling: float) -> np.ndarray:
     return np.array(out, dtype=int)
 
 
-def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None) -> list[float]:
+def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | None = None,
+            hi: float | None = None) -> list[float]:
     """K footprint budgets, log-spaced from the smallest front point within `max_drop` (or `lo`) up to the
-    smallest one predicted nearly lossless."""
+    smallest one predicted nearly lossless (or `hi`)."""
     foot, drop = c["footprint"][front], c["drop"][front]
     ok = drop <= max_drop
     if lo is None:
@@ -504,7 +507,7 @@ def budgets(c: dict, front: np.ndarray, k: int, max_drop: float, lo: float | Non
             return [float(foot[np.argmin(drop)])]
         lo = foot[ok].min()
     lossless = drop <= NEARLY_LOSSLESS
-    hi = max(lo, foot[lossless].min() if lossless.any() else foot.max())
+    hi = max(lo, hi if hi is not None else foot[lossless].min() if lossless.any() else foot.max())
     return [float(b) for b in (np.geomspace(lo, hi, k) if k > 1 else [lo])]
 
 
@@ -562,7 +565,7 @@ def sibling(c: dict, i: int, weights: list[dict], acts: list[dict], screen, loss
 
 
 def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per_budget: int = 1,
-           key=None, reference: float | None = None) -> list[int]:
+           key=None, reference: float | None = None, lossless: float | None = None) -> list[int]:
     """One candidate per budget: of the `per_budget` least predicted drops that fit it (the first is the
     predicted front's point there), the best `screen` accuracy (built without training, measured) when given.
     `key(i)` names a candidate's pipeline: two that run the same pipeline are one point.
@@ -570,7 +573,8 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
     With a screen and the base's `reference` accuracy, the smallest budget is measured rather than predicted
     (the additive prediction misses how pruning, low-bit weights and low-bit maps compound): a bisection over
     the predicted front finds the smallest footprint whose best candidate keeps its screened drop within
-    `max_drop`."""
+    `max_drop`. With `lossless` too, so is the largest: the smallest footprint whose best candidate screens
+    within `lossless` (that point needs no training), so the budgets that train sit below it."""
     foot, drop = c["footprint"], c["drop"]
     key = key or (lambda i: i)
     order = np.argsort(drop, kind="stable")  # every candidate, least predicted drop first
@@ -592,13 +596,17 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
             return None
         return cands[0] if screen is None or len(cands) == 1 else max(cands, key=screen)
 
-    lo = None
+    lo = hi = None
     if screen is not None and reference is not None and per_budget > 1:
         sizes = np.unique(foot[front])
         lo = float(sizes[smallest_within(sizes, lambda f: screen(best(f, set())), reference - max_drop)])
+        if lossless is not None:
+            upper = sizes[sizes >= lo]
+            at = smallest_within(upper, lambda f: screen(best(f, set())), reference - lossless)
+            hi = float(upper[at]) if screen(best(upper[at], set())) >= reference - lossless else None
     picks: list[int] = []
     taken: set = set()
-    for budget in budgets(c, front, k, max_drop, lo):
+    for budget in budgets(c, front, k, max_drop, lo, hi):
         i = best(budget, taken)
         if i is not None:
             picks.append(i)
@@ -748,7 +756,7 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
     opts = space.sampler.auto
     with torch.no_grad():
         picks = spread(c, front, k, opts.max_drop, measured if opts.screen else None, max(1, opts.screen),
-                       key=name, reference=table["baseline"])
+                       key=name, reference=table["baseline"], lossless=opts.lossless)
         top = anchor(c, plans.weights, plans.acts, measured, table["baseline"] - opts.lossless) if opts.screen else None
     picks = picks[::-1]  # the largest first: a timeout cuts the most aggressive points, the least likely feasible
     if top is not None and len(picks) < space.budget.trials and name(top) not in {name(i) for i in picks}:
