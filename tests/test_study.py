@@ -118,15 +118,20 @@ def test_search_space_validation(tmp_path, base):
         load_space(space_file(tmp_path, base, dimensions={"ratio": {"low": 0.1, "high": 0.5}})).grid()
 
 
-def test_every_search_space_shipped_is_valid():
+def test_every_search_space_shipped_is_valid_and_starts_from_no_hand_written_point():
+    """The spaces of `search_spaces/` (and the earlier runs' of `benchmarks/spaces/`) validate and round-trip;
+    a shipped one leaves its start to the search (auto, none, or a grid), never to hand-written corners."""
     from pathlib import Path
-    files = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
-    assert files
-    for f in files:
+    root = Path(__file__).parent.parent
+    shipped = sorted(root.joinpath("search_spaces").glob("*.yaml"))
+    assert shipped
+    for f in shipped + sorted(root.joinpath("benchmarks", "spaces").glob("*.yaml")):
         space = load_space(f)
         assert space.budget.trials >= 1
         again = type(space).model_validate(json.loads(json.dumps(space.model_dump())))
         assert again == space  # the resolved space logged to MLflow reads back to the same space
+        if f in shipped:
+            assert space.sampler.start in ("auto", "none") and not space.sampler.warm_start, f.name
 
 
 def _worker(space, storage, uri, data_dir, out, env):
