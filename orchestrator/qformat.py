@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import OrchestratorError
-from .values import IntBits, check
+from .values import IntWeightBits, check
 
 
 def pack_bits(values: np.ndarray, k: int) -> bytes:
@@ -118,7 +118,7 @@ class WeightFormat:
     round: Callable  # (weight, bits) -> (codes, per-channel scale) for scaled formats; a float quantizer otherwise
     encode: Callable  # (codes or float values, bits) -> the bytes of an export's value stream
     decode: Callable  # (bytes, count, bits) -> the values `encode` wrote
-    fixed_bits: int | None = None  # None: the bits are a parameter (validated as `IntBits`)
+    fixed_bits: int | None = None  # None: the bits are a parameter (validated as `IntWeightBits`)
     scaled: bool = True
     dtype: str | None = None  # torch dtype name of stored float values: also the format's name in an export file
 
@@ -128,7 +128,7 @@ class WeightFormat:
         return self.dtype or self.name
 
     def bits(self, bits) -> int:
-        return check(IntBits, bits, "weight bits") if self.fixed_bits is None else self.fixed_bits
+        return check(IntWeightBits, bits, "weight bits") if self.fixed_bits is None else self.fixed_bits
 
     def nbytes(self, bits: int, count: int) -> int:
         """Length of `encode` for `count` values (bits as recorded, not validated: a header is checked by its use)."""

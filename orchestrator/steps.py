@@ -16,6 +16,7 @@ from .errors import UNION_TAGS
 from .finetune import FinetuneConfig
 from .pruning import METHODS
 from .quant import QuantConfig
+from .values import ActBits
 from .yamlio import read_mapping
 
 STEPS = ("prune", "finetune", "quantize")
@@ -83,7 +84,7 @@ class PipelineConfig(BaseModel):
     base: str | None = None  # checkpoint to start from (the CLI may give it instead)
     teacher: str | None = None  # KD teacher checkpoint; default: the base, when a step uses kd
     val_size: int = Field(5000, ge=0)  # held-out training images for per-step evaluation (0: test)
-    act_bits: int | None = Field(None, ge=1, le=32)  # footprint activation bits when no step quantizes them
+    act_bits: ActBits | None = None  # footprint activation bits when no step quantizes them (32: float maps)
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="before")

@@ -3,10 +3,13 @@ search space, a CLI option or a primitive's argument) and logged everywhere in o
 
 - `Ratio`: fraction of weights (or channels) removed, [0, 1).
 - `Epochs`: training epochs, fractions allowed (0.25: a quarter of the training split), >= 0.
-- `IntBits`: bits of an integer code (weights or activations), 2..16.
 - `WeightBits`: a weight precision as bits per stored value, the encoding of search spaces, MLflow and the
   CLI: 32 float (fp32), 16 fp16, 2..8 int, 1 binary. `precision_format` and `precision_bits` convert it
-  to and from a quantization config's (format, bits).
+  to and from a quantization config's (format, bits). `IntWeightBits`: its integer codes (2..8), what an
+  "int" weight format takes, so every weight precision a config can give a study can search.
+- `ActBits`: activation bits, 2..16, or 32 for float maps (search spaces); `ActIntBits`: the quantized ones
+  alone (configs, where float is None).
+Each set of values is written once, here (`INT_WEIGHT_BITS`, `WEIGHT_BITS`, `ACT_INT_BITS`).
 """
 
 from __future__ import annotations
@@ -19,27 +22,27 @@ from .errors import OrchestratorError
 
 Ratio = Annotated[float, Field(ge=0, lt=1)]  # fraction removed
 Epochs = Annotated[int | float, Field(ge=0, le=100_000)]  # epochs; fractions of an epoch allowed (0: none)
-IntBits = Annotated[StrictInt, Field(ge=2, le=16)]  # integer code bits
-
-WEIGHT_BITS = (32, 16, *range(8, 1, -1), 1)  # allowed weight precisions, widest first
-
-
-def _weight_bits(v: int) -> int:
-    if v not in WEIGHT_BITS:
-        raise ValueError(f"weight bits must be 32 (float), 16 (fp16), 2..8 (int) or 1 (binary), got {v}")
-    return v
+INT_WEIGHT_BITS = tuple(range(8, 1, -1))  # integer weight codes, widest first
+WEIGHT_BITS = (32, 16, *INT_WEIGHT_BITS, 1)  # every weight precision: fp32, fp16, int, binary
+ACT_INT_BITS = tuple(range(16, 1, -1))  # quantized activation maps
+FLOAT = 32  # float maps (and fp32 weights) in the shared encoding
 
 
-WeightBits = Annotated[StrictInt, AfterValidator(_weight_bits)]
+def _one_of(values: tuple, what: str):
+    def validate(v: int) -> int:
+        if v not in values:
+            raise ValueError(f"{what} must be {_ALLOWED_TEXT[values]}, got {v}")
+        return v
+    return AfterValidator(validate)
 
 
-def _act_bits(v: int) -> int:
-    if v != 32 and not 2 <= v <= 16:
-        raise ValueError(f"activation bits must be 32 (float) or 2..16, got {v}")
-    return v
-
-
-ActBits = Annotated[StrictInt, AfterValidator(_act_bits)]  # activation bits; 32: float (search spaces)
+ACT_BITS = (FLOAT, *ACT_INT_BITS)
+_ALLOWED_TEXT = {INT_WEIGHT_BITS: "integers 2..8", WEIGHT_BITS: "32 (float), 16 (fp16), 2..8 (int) or 1 (binary)",
+                 ACT_INT_BITS: "integers 2..16", ACT_BITS: "32 (float) or 2..16"}
+IntWeightBits = Annotated[StrictInt, _one_of(INT_WEIGHT_BITS, "int weight bits")]
+WeightBits = Annotated[StrictInt, _one_of(WEIGHT_BITS, "weight bits")]
+ActIntBits = Annotated[StrictInt, _one_of(ACT_INT_BITS, "activation bits")]
+ActBits = Annotated[StrictInt, _one_of(ACT_BITS, "activation bits")]  # 32: float (search spaces)
 
 
 def precision_format(bits: int) -> dict:
@@ -53,8 +56,10 @@ def precision_bits(fmt: str, bits: int | None = None) -> int:
     return {"binary": 1, "fp16": 16, "bf16": 16, "fp32": 32}.get(fmt, bits)
 
 
-_ALLOWED = {Ratio: "a number in [0, 1)", Epochs: "epochs >= 0 (fractions allowed)", IntBits: "integers 2..16",
-            WeightBits: "32, 16, 2..8 or 1"}
+_ALLOWED = {Ratio: "a number in [0, 1)", Epochs: "epochs >= 0 (fractions allowed)",
+            **{kind: _ALLOWED_TEXT[values] for kind, values in ((IntWeightBits, INT_WEIGHT_BITS),
+                                                                (WeightBits, WEIGHT_BITS), (ActIntBits, ACT_INT_BITS),
+                                                                (ActBits, ACT_BITS))}}
 _ADAPTERS: dict[Any, TypeAdapter] = {}
 
 
@@ -74,4 +79,5 @@ def check(kind, value, name: str):
         raise OrchestratorError(f"{name}={value!r} is not allowed; allowed: {_ALLOWED[kind]}") from None
 
 
-__all__ = ["ActBits", "Epochs", "IntBits", "Ratio", "WEIGHT_BITS", "WeightBits", "check", "precision_bits", "precision_format"]
+__all__ = ["ACT_BITS", "ACT_INT_BITS", "ActBits", "ActIntBits", "Epochs", "FLOAT", "INT_WEIGHT_BITS", "IntWeightBits",
+           "Ratio", "WEIGHT_BITS", "WeightBits", "check", "precision_bits", "precision_format"]

@@ -89,5 +89,5 @@ def test_footprint_export_import(tmp_path):
     r = run("import", tmp_path / "r8.orcx", tmp_path / "back.pt")
     assert r.exit_code == 0 and (tmp_path / "back.pt").is_file()
     one_line_error(run("footprint", ckpt, "--batch", 0), "batch=0 must be an integer >= 1")
-    one_line_error(run("footprint", ckpt, "--act-bits", 64), "act_bits=64 must be an integer in 1..32")
+    one_line_error(run("footprint", ckpt, "--act-bits", 64), r"act_bits=64 is not allowed; allowed: 32 \(float\) or 2..16")
     one_line_error(run("footprint", tmp_path / "missing.pt"), "missing.pt does not exist")

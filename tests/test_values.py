@@ -32,3 +32,28 @@ def test_weight_precision_is_one_encoding_for_spaces_and_quantization_configs():
         Dimensions(bits=[12])
     with pytest.raises(ValidationError):
         QuantConfig(bits=1)  # an int code needs 2 bits at least; 1 bit is the binary format
+
+
+@pytest.mark.parametrize("bits, weights, acts", [(1, False, False), (2, True, True), (8, True, True),
+                                                 (12, False, True), (16, False, True), (32, False, False)])
+def test_int_weight_and_activation_bits_are_each_one_rule_in_configs_spaces_and_the_cli(bits, weights, acts):
+    """Int weight codes are 2..8 wherever they are given (a config, a space's group, `quantize --bits`), so
+    every weight precision a config runs a study can search; quantized maps are 2..16 (32: float in spaces)."""
+    from conftest import run
+
+    def accepted(fn) -> bool:
+        try:
+            fn()
+            return True
+        except (ValidationError, OrchestratorError):
+            return False
+
+    assert accepted(lambda: QuantConfig(bits=bits)) == weights
+    assert accepted(lambda: QuantConfig(layer_bits={"conv": bits})) == weights
+    assert accepted(lambda: Dimensions(bits=[8], group_bits={"stage1": [bits]})) == weights
+    assert accepted(lambda: QuantConfig(act_bits=bits)) == acts
+    assert accepted(lambda: Dimensions(act_bits=[8], group_act_bits={"stage1": bits})) == acts
+    assert accepted(lambda: Dimensions(act_bits=[bits])) == (acts or bits == 32)  # 32: float maps
+    assert accepted(lambda: PipelineConfig(act_bits=bits, steps=[{"finetune": {"epochs": 0}}])) == (acts or bits == 32)
+    r = run("quantize", "nowhere.pt", "--bits", bits)
+    assert ("is not allowed" in r.output) == (not weights), r.output

@@ -98,7 +98,7 @@ def models(num_classes):
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per inference (>= 1).")
 @click.option("--act-bits", type=int, default=None,
-              help="Bits per activation value (1..32; default: the model's own, else 32).")
+              help="Bits per activation value (2..16, or 32: float; default: the model's own, else 32).")
 @click.option("--json", "as_json", is_flag=True, help="Print the footprint as JSON.")
 @click.option("--layers/--no-layers", default=True, show_default=True, help="Print the per-tensor table.")
 @_one_line_errors

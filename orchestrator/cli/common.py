@@ -66,15 +66,16 @@ class _Echo(logging.Handler):
 
 
 class Bits(click.ParamType):
-    """Integer bits checked by the one rule configs use (`values.IntBits`); 'none' allowed where it means "not set"."""
+    """Integer bits checked by the one rule configs use (`values.IntWeightBits`, or `values.ActIntBits` for
+    activations); 'none' allowed where it means "not set"."""
 
     name = "bits"
 
-    def __init__(self, allow_none: bool = False):
-        self.allow_none = allow_none
+    def __init__(self, allow_none: bool = False, activations: bool = False):
+        self.allow_none, self.activations = allow_none, activations
 
     def convert(self, value, param, ctx):
-        from ..values import IntBits, check
+        from ..values import ActIntBits, IntWeightBits, check
 
         if value is None or isinstance(value, int):
             return value
@@ -82,7 +83,8 @@ class Bits(click.ParamType):
             return None
         text = str(value).strip()
         try:
-            return check(IntBits, int(text) if text.lstrip("-").isdigit() else text, param.opts[0] if param else "bits")
+            kind = ActIntBits if self.activations else IntWeightBits
+            return check(kind, int(text) if text.lstrip("-").isdigit() else text, param.opts[0] if param else "bits")
         except OrchestratorError as exc:
             self.fail(str(exc), param, ctx)
 

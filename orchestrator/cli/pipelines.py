@@ -52,8 +52,8 @@ def _layer_bits(text):
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--method", type=click.Choice(["ptq", "qat"]), default="ptq", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["int", "binary", "fp16", "bf16"]), default="int", show_default=True)
-@click.option("--bits", type=Bits(), default=8, show_default=True, help="Weight bits for --format int (2..16).")
-@click.option("--act-bits", type=Bits(), default=None, help="Quantize activations to this many bits (2..16).")
+@click.option("--bits", type=Bits(), default=8, show_default=True, help="Weight bits for --format int (2..8).")
+@click.option("--act-bits", type=Bits(activations=True), default=None, help="Quantize activations to this many bits (2..16).")
 @click.option("--layer-bits", default=None, help="Per-layer weight bits, e.g. layer1.0.conv1=2,linear=8.")
 @click.option("--ends-bits", type=Bits(allow_none=True), default=8, show_default=True,
               help="Bits of the first conv and classifier ('none': like the rest).")

@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import OrchestratorError
 from ..qformat import act_quant_of
+from ..values import ActBits, check
 
 VIEW_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem}
 VIEW_METHODS = {"view", "flatten", "reshape", "squeeze", "unsqueeze", "contiguous", "view_as", "expand"}
@@ -86,8 +87,7 @@ def check_inputs(batch, bits) -> None:
     """Batch size and activation bit-width as the footprint accepts them."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OrchestratorError(f"batch={batch!r} must be an integer >= 1")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
-        raise OrchestratorError(f"act_bits={bits!r} must be an integer in 1..32")
+    check(ActBits, bits, "act_bits")  # the one rule of activation bits (32: float maps)
 
 
 def buffer_bits(model: nn.Module, gm: fx.GraphModule, root: dict, bits: int) -> dict[fx.Node, int]:

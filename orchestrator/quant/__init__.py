@@ -24,7 +24,7 @@ from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
 from ..qformat import (FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_,
                        set_act_bits_)
-from ..values import IntBits, check, precision_bits
+from ..values import ActIntBits, IntWeightBits, check, precision_bits
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
 Format = Literal[(*FORMATS, "fp32")]  # qformat's weight formats; fp32: weights untouched (activations only)
@@ -34,12 +34,12 @@ class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["ptq", "qat"] = "ptq"
     format: Format = "int"  # weight storage format
-    bits: int = 8  # weight bits for "int" (`IntBits`: 2..16); binary is 1, fp16/bf16 are 16 (then ignored)
-    layer_bits: dict[str, IntBits] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
-    group_bits: dict[str, IntBits] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
-    ends_bits: IntBits | None = 8  # first conv and classifier; None: like the others
-    act_bits: IntBits | None = None  # activations (conv/linear inputs); None: float
-    group_act_bits: dict[str, IntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
+    bits: int = 8  # weight bits for "int" (`IntWeightBits`: 2..8); binary is 1, fp16/bf16 are 16 (then ignored)
+    layer_bits: dict[str, IntWeightBits] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
+    group_bits: dict[str, IntWeightBits] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
+    ends_bits: IntWeightBits | None = 8  # first conv and classifier; None: like the others
+    act_bits: ActIntBits | None = None  # activations (conv/linear inputs); None: float
+    group_act_bits: dict[str, ActIntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
     weight_scale: Literal["max", "mse"] = "max"  # int codes' per-channel range: max |w|, or the clipped range
     # of least squared error (searched per channel; much better at 2-3 bits, also during QAT)
     act_scale: Literal["max", "mse"] = "max"  # activation ranges: the running max |x|, or the running range of
@@ -51,7 +51,7 @@ class QuantConfig(BaseModel):
     def _int_bits(self):
         if self.format == "int":
             try:
-                check(IntBits, self.bits, "bits")
+                check(IntWeightBits, self.bits, "bits")
             except OrchestratorError as exc:
                 raise ValueError(str(exc)) from None
         return self

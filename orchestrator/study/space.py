@@ -22,7 +22,7 @@ from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..finetune import FinetuneConfig
 from .autostart import AutoStart
-from ..values import ActBits, Epochs, IntBits, Ratio, WeightBits, precision_format
+from ..values import ActBits, ActIntBits, Epochs, IntWeightBits, Ratio, WeightBits, precision_format
 from ..yamlio import read_mapping
 
 
@@ -77,9 +77,9 @@ class Dimensions(BaseModel):
     quant_epochs: Choices[Epochs] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
     kd: Choices[bool] = [False]  # distill from the base model in every fine-tune
     bits: Choices[WeightBits] = [32]  # weight precision: 32 float, 16 fp16, 2..8 int, 1 binary
-    group_bits: dict[str, IntBits | Choices[IntBits]] = {}  # per layer group: fixed int bits, or a list searched
+    group_bits: dict[str, IntWeightBits | Choices[IntWeightBits]] = {}  # per layer group: fixed int bits, or a list searched
     act_bits: Choices[ActBits] = [32]  # activation bits: 32 float, else 2..16
-    group_act_bits: dict[str, IntBits | Choices[IntBits]] = {}  # per layer group: activation bits, fixed or
+    group_act_bits: dict[str, ActIntBits | Choices[ActIntBits]] = {}  # per layer group: activation bits, fixed or
     # a list searched
     weight_scale: Choices[Literal["max", "mse"]] | None = None  # searched int weight ranges (default: quantize's)
     channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
