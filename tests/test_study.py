@@ -463,3 +463,29 @@ def test_two_workers_on_sqlite_never_claim_the_same_waiting_trial(in_tmp, monkey
     for t in threads:
         t.join()
     assert sorted(claimed) == [False, True]
+
+
+def test_a_dataset_row_inserted_by_another_worker_at_the_same_moment_is_linked_on_a_second_try():
+    """Two local workers logging a study's dataset at once on SQLite: one insert fails on MLflow's UNIQUE
+    constraint (seen in the two-worker test); the row exists then, so the second try links it. Another
+    error still raises."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.study.tracking import Tracker
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.errors:
+                raise MlflowException(self.errors.pop(0))
+
+    tracker = object.__new__(Tracker)
+    tracker.client = Client(["(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id"])
+    tracker.log_inputs("run", ["d"])
+    assert tracker.client.calls == 2
+    tracker.client = Client(["RESOURCE_DOES_NOT_EXIST: run"])
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        tracker.log_inputs("run", ["d"])

@@ -219,7 +219,7 @@ class Tracker:
                 batch += [Metric("step_eval_acc", float(s["eval_acc"]), now, i)]
         self.client.log_batch(run_id, metrics=batch, tags=[RunTag(EXPORT_TAG, file_sha256(export))])
         if datasets:
-            self.client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
+            self.log_inputs(run_id, [dataset_input(d) for d in datasets])
         fp = result["footprint"]  # the pipeline's own measurement of the exported model, whose totals are `f`'s
         record = {k: v for k, v in result.items() if k != "footprint"}
         with tempfile.TemporaryDirectory() as tmp:
@@ -235,6 +235,18 @@ class Tracker:
     def fail_trial(self, run_id: str, reason: str) -> None:
         self.client.set_tag(run_id, "orchestrator.fail_reason", reason[:5000])
         self.client.set_terminated(run_id, "FAILED")
+
+    def log_inputs(self, run_id: str, inputs: list) -> None:
+        """`log_inputs`, once more when a local worker inserted the same dataset row at the same moment (SQLite
+        store: UNIQUE constraint on experiment, name and digest; the row exists on the second try)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as exc:
+            if "UNIQUE constraint failed: datasets" not in str(exc):
+                raise
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def close_lost(self, study) -> int:
         """Mark FAILED the still-RUNNING runs of trials Optuna failed for a lost worker (no heartbeat)."""
