@@ -1,5 +1,7 @@
 """Automatic start points: exact costs, the predicted front, the spread, the cache, and the bad inputs."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -82,7 +84,7 @@ def test_with_a_screen_the_smallest_budget_is_the_smallest_that_measures_within_
         return 0.1 + 0.8 * (c["footprint"][i] - 1000) / 99000
 
     picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9)
-    assert len(calls) < 60  # a bisection, not a sweep
+    assert len(set(calls)) < 60  # a bisection, not a sweep
     sizes = np.unique(c["footprint"][front])
     passing = [f for f in sizes if max(screen(i) for i in np.argsort(c["drop"], kind="stable")
                                        if c["footprint"][i] <= f) >= 0.5]  # best-of-all: an upper bound
@@ -98,11 +100,17 @@ def test_with_lossless_the_largest_budget_is_the_smallest_that_screens_within_it
     c = {"footprint": foot, "drop": 0.9 * (1 - foot / 100000) ** 2}
     front = autostart.predicted_front(c, ceiling=0.9)
 
+    calls = set()
+
     def screen(i):
+        calls.add(i)
         return min(0.9, 0.2 + foot[i] / 100000)
 
     wide = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9)
+    calls.clear()
     picks = autostart.spread(c, front, 3, 0.4, screen=screen, per_budget=2, reference=0.9, lossless=0.1)
+    steps = math.ceil(math.log2(len(front))) + 1  # of one bisection over the 199 front footprints
+    assert len(calls) <= 2 * steps + 3 * 2  # each bisection step builds one candidate, each budget 2
     assert foot[wide[-1]] > 90000 and len(picks) == 3
     assert screen(picks[-1]) >= 0.8 - 1e-9 and foot[picks[-1]] < 61000  # the first footprint screened within
     assert screen(picks[0]) >= 0.5 - 1e-9 and foot[picks[0]] < 31000  # the smallest within max_drop, as before
@@ -398,3 +406,23 @@ def test_a_vetoed_proposal_trains_nothing_and_spends_no_budget(base, cifar10_dir
     for t in trials:  # a proposal that ran measured the footprint its screen predicted
         if t.state.name == "COMPLETE" and "screen_footprint_bits" in t.user_attrs and "duplicate_of" not in t.user_attrs:
             assert t.user_attrs["total_bits"] == t.user_attrs["screen_footprint_bits"], t.number
+
+
+@pytest.mark.parametrize("bn_images", [256, 100])
+def test_the_probe_re_estimates_bn_on_exactly_its_bn_images(bn_images):
+    """Whole loader batches once ran 500 images for 256 (two batches of 250): the screen's BN statistics come
+    from exactly `bn_images` training images, and its accuracy from exactly `images` validation images."""
+    import torch
+
+    from conftest import TOY_NORM, toy_split
+    from orchestrator.models import build_model
+
+    model = build_model("resnet20", num_classes=10)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, len(args[0]))))
+    probe = autostart.Probe(toy_split(600), toy_split(300, seed=1), TOY_NORM, images=120, bn_images=bn_images,
+                            device="cpu")
+    with torch.no_grad():
+        probe.accuracy(model)
+    assert sum(n for training, n in seen if training) == bn_images
+    assert sum(n for training, n in seen if not training) == 120

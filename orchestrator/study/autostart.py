@@ -175,6 +175,7 @@ class Probe:
 
     def __init__(self, train, val, normalization: dict, images: int, bn_images: int, device):
         self.normalization, self.device, self.bn_images = normalization, device, bn_images
+        self.bn_batch = max(1, min(bn_images, 1024))  # whole batches: at 250 a batch, 256 images ran 500
         self.train = train
         self.val = val.head(images)
         self.data = FinetuneData(train=train, normalization=normalization, device=str(device))
@@ -182,8 +183,11 @@ class Probe:
     def accuracy(self, model: nn.Module, recalibrate: bool = True) -> float:
         model.to(self.device)
         if recalibrate and self.bn_images:
-            recalibrate_bn(model, self.train, self.normalization, self.bn_images, self.device)
+            self.recalibrate(model)
         return evaluate(model, self.val, self.normalization, self.device)["acc"]
+
+    def recalibrate(self, model: nn.Module) -> None:
+        recalibrate_bn(model, self.train, self.normalization, self.bn_images, self.device, self.bn_batch)
 
 
 class Plans:
@@ -572,9 +576,10 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
 
     With a screen and the base's `reference` accuracy, the smallest budget is measured rather than predicted
     (the additive prediction misses how pruning, low-bit weights and low-bit maps compound): a bisection over
-    the predicted front finds the smallest footprint whose best candidate keeps its screened drop within
-    `max_drop`. With `lossless` too, so is the largest: the smallest footprint whose best candidate screens
-    within `lossless` (that point needs no training), so the budgets that train sit below it."""
+    the predicted front finds the smallest footprint whose predicted-best candidate keeps its screened drop
+    within `max_drop`. With `lossless` too, so is the largest: the smallest footprint whose predicted-best
+    candidate screens within `lossless` (that point needs no training), so the budgets that train sit below
+    it. Each bisection step screens one candidate; the K budgets screen `per_budget` each."""
     foot, drop = c["footprint"], c["drop"]
     key = key or (lambda i: i)
     order = np.argsort(drop, kind="stable")  # every candidate, least predicted drop first
@@ -596,14 +601,17 @@ def spread(c: dict, front: np.ndarray, k: int, max_drop: float, screen=None, per
             return None
         return cands[0] if screen is None or len(cands) == 1 else max(cands, key=screen)
 
+    def first(budget: float) -> float:  # a bisection step screens the predicted best alone: one build, not 4
+        return screen(top(budget, set())[0])
+
     lo = hi = None
     if screen is not None and reference is not None and per_budget > 1:
         sizes = np.unique(foot[front])
-        lo = float(sizes[smallest_within(sizes, lambda f: screen(best(f, set())), reference - max_drop)])
+        lo = float(sizes[smallest_within(sizes, first, reference - max_drop)])
         if lossless is not None:
             upper = sizes[sizes >= lo]
-            at = smallest_within(upper, lambda f: screen(best(f, set())), reference - lossless)
-            hi = float(upper[at]) if screen(best(upper[at], set())) >= reference - lossless else None
+            at = smallest_within(upper, first, reference - lossless)
+            hi = float(upper[at]) if first(upper[at]) >= reference - lossless else None
     picks: list[int] = []
     taken: set = set()
     for budget in budgets(c, front, k, max_drop, lo, hi):
@@ -620,7 +628,7 @@ def build(space, base: nn.Module, params: dict, probe: Probe) -> nn.Module:
     pipeline = space.pipeline({**params, "finetune_epochs": 0, "quant_epochs": 0, "channel_epochs": 0})
     model = _pruned(base, _zero_shot_steps(pipeline)).to(probe.device)
     if probe.bn_images:
-        recalibrate_bn(model, probe.train, probe.normalization, probe.bn_images, probe.device)
+        probe.recalibrate(model)
     if pipeline.steps[-1].kind == "quantize":
         q = pipeline.steps[-1].config
         quantize_(model, q.model_copy(update={"calibration_images": max(1, probe.bn_images)}), probe.data)
@@ -721,7 +729,7 @@ def default_points(space) -> int:
 
 def cache_key(space, base_path, data_dir) -> str:
     st = Path(base_path).stat()
-    ident = {"version": 3, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+    ident = {"version": 4, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
              "data_dir": str(resolve_data_dir(data_dir).resolve()), "val_size": space.val_size,
              "auto": space.sampler.auto.model_dump(include={"images", "bn_images"}),
              "quantize": space.quantize.model_dump()}
