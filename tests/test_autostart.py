@@ -357,9 +357,10 @@ def test_a_method_refuses_a_family_it_does_not_declare_in_one_line_and_a_space_n
 
 
 class _Done:  # a finished trial as the veto reads it
-    def __init__(self, number, screen_acc, total_bits, state="COMPLETE", **attrs):
+    def __init__(self, number, screen_acc, total_bits, state="COMPLETE", below_floor=0.0, **attrs):
         self.number, self.state = number, type("S", (), {"name": state})()
         self.user_attrs = {"screen_acc": screen_acc, "total_bits": total_bits, **attrs}
+        self.constraints = {"accuracy_drop": below_floor}  # > 0: infeasible
 
 
 def test_the_veto_rejects_a_proposal_beaten_on_screen_and_footprint_only(base, cifar10_dir, tmp_path):
@@ -377,6 +378,13 @@ def test_the_veto_rejects_a_proposal_beaten_on_screen_and_footprint_only(base, c
                   _Done(4, acc + 0.5, bits, duplicate_of=7)):  # short of the margin, larger, failed, a repeat
         assert "vetoed_by" not in veto([other], params), other.number
     assert veto([_Done(1, acc + 0.0199, bits), beats], params)["vetoed_by"] == 7
+    assert veto([beats], params)["veto_reason"] == "dominated"
+    # a larger trial that screened the margin higher and still fell below the floor: predicted infeasible
+    failed = veto([_Done(8, acc + 0.02, bits + 1, below_floor=0.01)], params)
+    assert failed["vetoed_by"] == 8 and failed["veto_reason"] == "infeasible"
+    for other in (_Done(9, acc + 0.0199, bits + 1, below_floor=0.01), _Done(10, acc + 0.5, bits + 1, below_floor=0.0),
+                  _Done(11, acc + 0.5, bits + 1, "FAIL", below_floor=0.01)):  # short of the margin, feasible, failed
+        assert "vetoed_by" not in veto([other], params), other.number
 
 
 def test_a_vetoed_proposal_trains_nothing_and_spends_no_budget(base, cifar10_dir, in_tmp):

@@ -267,3 +267,15 @@ def test_tpe_never_proposes_a_start_only_value(tmp_path, base):
     study.optimize(lambda t: [len(str(space.suggest(t))) % 7, t.params["ratio"]], n_trials=12)
     assert all(t.state.name == "COMPLETE" for t in study.trials) and study.trials[0].params == point
     assert all(t.params["finetune_epochs"] in (0, 0.02) for t in study.trials[1:])
+
+
+def test_a_space_that_names_no_sampler_runs_multivariate_tpe_fit_after_its_start_points(tmp_path, base):
+    # the sampler table's winner at 20 and 30 trials (docs/studies.md) is the default; its start-up trials are
+    # the automatic start points, so its model is fit from the first proposal after them
+    from orchestrator.study.runner import _sampler
+
+    space = load_space(space_file(tmp_path, base, sampler={"start": "auto", "auto": {"points": 3}},
+                                  budget={"trials": 9}))
+    inner = _sampler(space).inner
+    assert isinstance(inner, optuna.samplers.TPESampler)
+    assert inner._multivariate and inner._n_startup_trials == 3

@@ -469,9 +469,10 @@ class TrialRunner:
         for k, v in verdict.items():
             trial.set_user_attr(k, v)
         if "vetoed_by" in verdict:
-            self.log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher at no "
-                          "larger footprint", trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"],
-                          self.space.sampler.veto)
+            why = ("at no larger footprint" if verdict["veto_reason"] == "dominated"
+                   else "at a larger footprint and fell below the accuracy floor")
+            self.log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher %s",
+                          trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"], self.space.sampler.veto, why)
             self.vetoed.append(trial.number)
             raise _optuna().TrialPruned("predicted dominated by the screen")
 

@@ -121,7 +121,8 @@ class Constraints(BaseModel):
 
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["nsga2", "tpe", "gp", "random", "grid"] = "nsga2"
+    name: Literal["nsga2", "tpe", "gp", "random", "grid"] = "tpe"  # the best hypervolume at 20 and 30 trials,
+    # after the automatic start or without it (benchmarks/sampler_table.py, docs/studies.md)
     seed: int = Field(0, ge=0)
     population: int = Field(8, ge=2)  # NSGA-II generation size
     start: Literal["auto", "none"] | list[dict[str, float | int | bool | str]] = "auto"  # what a new study runs
@@ -133,7 +134,8 @@ class Sampler(BaseModel):
     # feasible front this study runs first, on purpose
     veto: float | None = Field(1.0, ge=0, le=100)  # points of screened accuracy: a sampler proposal that a
     # finished trial beats by more than this on the zero-shot screen, at no larger footprint, is predicted
-    # dominated and not trained (PRUNED, no budget spent); null: every proposal trains
+    # dominated, and at a larger one that fell below the floor, infeasible: not trained (PRUNED, no budget
+    # spent); null: every proposal trains
 
     @property
     def points(self) -> list[dict]:
