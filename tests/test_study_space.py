@@ -279,3 +279,21 @@ def test_a_space_that_names_no_sampler_runs_multivariate_tpe_fit_after_its_start
     inner = _sampler(space).inner
     assert isinstance(inner, optuna.samplers.TPESampler)
     assert inner._multivariate and inner._n_startup_trials == 3
+
+
+def test_repeats_end_a_study_only_when_they_come_in_a_row(base, cifar10_dir, in_tmp):
+    # 12 configurations for 10 trials, drawn at random: more repeats in all than the bound (10) before the
+    # budget is spent, but never 10 in a row, so the study trains all 10; a space with 2 configurations for
+    # 10 trials stops after 2, once 10 repeats came in a row
+    def study(ratios, bits, name):
+        path = space_file(in_tmp, base, name=name, dimensions={
+            "method": ["global_magnitude"], "ratio": ratios, "finetune_epochs": [0], "bits": bits, "act_bits": [32]},
+            budget={"trials": 10}, sampler={"name": "random", "seed": 0, "start": "none", "veto": None})
+        return run_study(load_space(path), storage=f"sqlite:///{in_tmp}/o.db", data_dir=cifar10_dir,
+                         out_dir=in_tmp / "s", tracking_uri=f"sqlite:///{in_tmp}/m.db")
+
+    st = study([0.3, 0.4, 0.5, 0.6], [32, 8, 4], "wide")
+    repeats = [t for t in st.trials if "duplicate_of" in t.user_attrs]
+    assert finished(st) == 10 and len(repeats) > 10
+    st = study([0.3], [32, 8], "narrow")
+    assert finished(st) == 2 and len(st.trials) == 2 + 11

@@ -350,13 +350,19 @@ class TrialRunner:
         self.duplicates: list[int] = []  # proposals answered from a finished trial's record
         self.vetoed: list[int] = []  # proposals the screen predicted dominated
         self.stopped: list[str] = []  # why an environmental failure stopped the study
-        self.most_idle = max(10, space.budget.trials)  # proposals that ran nothing, before the study gives up
+        self.most_idle = max(10, space.budget.trials)  # proposals in a row that ran nothing: the study gives up
+        self.idle_before = 0  # proposals that ran nothing before the last trial that trained
         self.target = space.budget.trials
         vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
         self.veto = Veto(space, data_dir, device) if vetoes else None
 
     def idle(self) -> int:
         return len(self.duplicates) + len(self.vetoed)
+
+    def exhausted(self) -> bool:
+        """More proposals in a row than `most_idle` ran nothing (repeats, vetoes: a second each, so a total
+        would end a study that still finds trials to train; run 15 stopped 8 minutes early that way)."""
+        return self.idle() - self.idle_before > self.most_idle
 
     def run(self, trials: int | None = None, began: float | None = None) -> None:
         """Trials until the budget's finished-trial count (or `trials` more, or the timeout from `began`, a
@@ -369,7 +375,7 @@ class TrialRunner:
         deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
-        while finished(study) < self.target and self.idle() <= self.most_idle:
+        while finished(study) < self.target and not self.exhausted():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
@@ -380,10 +386,10 @@ class TrialRunner:
                 raise OrchestratorError(self.stopped[0].splitlines()[0][:600])
             if finished(study) == before and self.idle() == repeats:
                 break  # nothing ran (the study was stopped); repeats alone are bounded by the loop's condition
-        if finished(study) < self.target and self.idle() > self.most_idle:
-            self.log.warning("study %s: stopped with %d of %d trials: the sampler keeps proposing finished "
-                             "configurations (%d repeats) or ones the screen predicts dominated (%d vetoed); the "
-                             "space looks exhausted", space.name, finished(study), self.target,
+        if finished(study) < self.target and self.exhausted():
+            self.log.warning("study %s: stopped with %d of %d trials: the sampler proposed %d finished or vetoed "
+                             "configurations in a row (%d repeats and %d vetoed in all); the space looks exhausted",
+                             space.name, finished(study), self.target, self.idle() - self.idle_before,
                              len(self.duplicates), len(self.vetoed))
         pareto_ids = {r["mlflow_run_id"] for r in rows(study) if r["pareto"]}
         all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
@@ -391,7 +397,7 @@ class TrialRunner:
         self.tracker.tag_pareto(pareto_ids, all_ids)
 
     def stop_at_budget(self, study, _trial) -> None:  # workers share the study: stop once anyone spent the budget
-        if finished(study) >= self.target or self.idle() > self.most_idle:
+        if finished(study) >= self.target or self.exhausted():
             study.stop()
 
     def objective(self, trial) -> list[float]:
@@ -437,6 +443,7 @@ class TrialRunner:
             self.log.warning("trial %d failed: %s", trial.number, reason)
             raise
         values = self.record(trial, result, ckpt)
+        self.idle_before = self.idle()
         try:
             t1 = time.perf_counter()
             self.tracker.finish_trial(run_id, result, ckpt, Path(result["export"]), self.datasets)
