@@ -26,23 +26,25 @@ INT_WEIGHT_BITS = tuple(range(8, 1, -1))  # integer weight codes, widest first
 WEIGHT_BITS = (32, 16, *INT_WEIGHT_BITS, 1)  # every weight precision: fp32, fp16, int, binary
 ACT_INT_BITS = tuple(range(16, 1, -1))  # quantized activation maps
 FLOAT = 32  # float maps (and fp32 weights) in the shared encoding
+ACT_BITS = (FLOAT, *ACT_INT_BITS)
+_ALLOWED: dict[Any, str] = {Ratio: "a number in [0, 1)", Epochs: "epochs >= 0 (fractions allowed)"}  # per type
 
 
-def _one_of(values: tuple, what: str):
+def _one_of(values: tuple, what: str, allowed: str):
+    """An int type whose values are `values`, described as `allowed` in every error (`check` included)."""
     def validate(v: int) -> int:
         if v not in values:
-            raise ValueError(f"{what} must be {_ALLOWED_TEXT[values]}, got {v}")
+            raise ValueError(f"{what} must be {allowed}, got {v}")
         return v
-    return AfterValidator(validate)
+    kind = Annotated[StrictInt, AfterValidator(validate)]
+    _ALLOWED[kind] = allowed
+    return kind
 
 
-ACT_BITS = (FLOAT, *ACT_INT_BITS)
-_ALLOWED_TEXT = {INT_WEIGHT_BITS: "integers 2..8", WEIGHT_BITS: "32 (float), 16 (fp16), 2..8 (int) or 1 (binary)",
-                 ACT_INT_BITS: "integers 2..16", ACT_BITS: "32 (float) or 2..16"}
-IntWeightBits = Annotated[StrictInt, _one_of(INT_WEIGHT_BITS, "int weight bits")]
-WeightBits = Annotated[StrictInt, _one_of(WEIGHT_BITS, "weight bits")]
-ActIntBits = Annotated[StrictInt, _one_of(ACT_INT_BITS, "activation bits")]
-ActBits = Annotated[StrictInt, _one_of(ACT_BITS, "activation bits")]  # 32: float (search spaces)
+IntWeightBits = _one_of(INT_WEIGHT_BITS, "int weight bits", "integers 2..8")
+WeightBits = _one_of(WEIGHT_BITS, "weight bits", "32 (float), 16 (fp16), 2..8 (int) or 1 (binary)")
+ActIntBits = _one_of(ACT_INT_BITS, "activation bits", "integers 2..16")
+ActBits = _one_of(ACT_BITS, "activation bits", "32 (float) or 2..16")  # 32: float (search spaces)
 
 
 def precision_format(bits: int) -> dict:
@@ -56,10 +58,6 @@ def precision_bits(fmt: str, bits: int | None = None) -> int:
     return {"binary": 1, "fp16": 16, "bf16": 16, "fp32": 32}.get(fmt, bits)
 
 
-_ALLOWED = {Ratio: "a number in [0, 1)", Epochs: "epochs >= 0 (fractions allowed)",
-            **{kind: _ALLOWED_TEXT[values] for kind, values in ((IntWeightBits, INT_WEIGHT_BITS),
-                                                                (WeightBits, WEIGHT_BITS), (ActIntBits, ACT_INT_BITS),
-                                                                (ActBits, ACT_BITS))}}
 _ADAPTERS: dict[Any, TypeAdapter] = {}
 
 

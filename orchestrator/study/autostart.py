@@ -55,6 +55,7 @@ from ..qformat import attach_act_quant_, quantize_weight_, set_act_bits_
 from ..quant import QuantConfig, calibrate_, quantize_
 from ..finetune import FinetuneData
 from ..train import evaluate, recalibrate_bn
+from .pareto import feasible
 
 MAX_COMBINATIONS = 5_000_000  # costed candidates the solve enumerates; a larger space is an error naming its size
 NEARLY_LOSSLESS = 0.005  # predicted drop (fraction) of the largest start point's budget
@@ -175,7 +176,6 @@ class Probe:
 
     def __init__(self, train, val, normalization: dict, images: int, bn_images: int, device):
         self.normalization, self.device, self.bn_images = normalization, device, bn_images
-        self.bn_batch = max(1, min(bn_images, 1024))  # whole batches: at 250 a batch, 256 images ran 500
         self.train = train
         self.val = val.head(images)
         self.data = FinetuneData(train=train, normalization=normalization, device=str(device))
@@ -186,8 +186,9 @@ class Probe:
             self.recalibrate(model)
         return evaluate(model, self.val, self.normalization, self.device)["acc"]
 
-    def recalibrate(self, model: nn.Module) -> None:
-        recalibrate_bn(model, self.train, self.normalization, self.bn_images, self.device, self.bn_batch)
+    def recalibrate(self, model: nn.Module) -> None:  # whole batches: at 250 a batch, 256 images ran 500
+        batch = max(1, min(self.bn_images, 1024))
+        recalibrate_bn(model, self.train, self.normalization, self.bn_images, self.device, batch)
 
 
 class Plans:
@@ -694,7 +695,7 @@ class Veto:
                 continue
             if a.get("total_bits", math.inf) <= bits:
                 return {**out, "vetoed_by": t.number, "veto_reason": "dominated"}
-            if any(v > 0 for v in t.constraints.values()):
+            if not feasible(t):
                 return {**out, "vetoed_by": t.number, "veto_reason": "infeasible"}
         return out
 

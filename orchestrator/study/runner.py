@@ -348,7 +348,7 @@ class TrialRunner:
         self.progress, self.on_trial, self.datasets = progress, on_trial, datasets
         self.log = logging.getLogger("orchestrator.study")
         self.duplicates: list[int] = []  # proposals answered from a finished trial's record
-        self.vetoed: list[int] = []  # proposals the screen predicted dominated
+        self.vetoed: list[int] = []  # proposals the screen predicted dominated or infeasible
         self.stopped: list[str] = []  # why an environmental failure stopped the study
         self.most_idle = max(10, space.budget.trials)  # proposals in a row that ran nothing: the study gives up
         self.idle_before = 0  # proposals that ran nothing before the last trial that trained
@@ -481,7 +481,7 @@ class TrialRunner:
             self.log.info("trial %d vetoed (screened %.1f%%): trial %d screened more than %s points higher %s",
                           trial.number, 100 * verdict["screen_acc"], verdict["vetoed_by"], self.space.sampler.veto, why)
             self.vetoed.append(trial.number)
-            raise _optuna().TrialPruned("predicted dominated by the screen")
+            raise _optuna().TrialPruned(f"predicted {verdict['veto_reason']} by the screen")
 
     def record(self, trial, result: dict, ckpt: Path) -> list[float]:
         """The finished pipeline's results on the trial (user attributes, the accuracy-floor constraint)."""
