@@ -259,7 +259,10 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
         TrialRunner(space, study, tracker, parent, data_dir, out_dir, device, progress, on_trial, datasets).run(
             trials, began)
         tracker.close_lost(study)  # runs of trials whose worker was killed end FAILED, like their trials
-        if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
+        # the last worker to finish tests the front and publishes; a local worker (`--workers N`) leaves both to
+        # its parent, which runs them once after every worker (two at once wrote the same Pareto files)
+        if not os.environ.get(BEGAN_ENV) and not any(t.state.name == "RUNNING"
+                                                     for t in study.get_trials(deepcopy=False)):
             test_front(study, data_dir, device, tracker)  # else another worker is still at it: the last one
             publish(study, space, tracker, out_dir, footer)  # measures the front's test accuracy and publishes
     except BaseException as exc:
