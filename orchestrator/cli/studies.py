@@ -75,7 +75,7 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
     from ..study.runner import BEGAN_ENV, preflight, publish, start_points, test_front
-    from ..study.tracking import Tracker
+    from ..study.tracking import PARENT_ATTR, Tracker
     from ..study.workers import run_workers
 
     began = str(time.time())  # the workers' timeout counts the start points measured here
@@ -91,13 +91,14 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo, env={BEGAN_ENV: began})
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
+    if PARENT_ATTR in st.user_attrs:  # absent only when every worker failed before it began
+        tracker = Tracker(tracking_uri, space.name)
+        test_front(st, data_dir, _device(device), tracker)  # workers leave the front test and files to this one
+        files = publish(st, space, tracker, out_dir,  # once, after every worker (a failed one too)
+                        footer=_pareto_command(space_file, storage, base, name))
+        click.echo(f"Pareto front -> {files[-1]}")
     if code:
         raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
-    tracker = Tracker(tracking_uri, space.name)
-    test_front(st, data_dir, _device(device), tracker)  # what a worker that ended early left unmeasured
-    files = publish(st, space, tracker, out_dir,  # once, after every worker
-                    footer=_pareto_command(space_file, storage, base, name))
-    click.echo(f"Pareto front -> {files[-1]}")
 
 
 _common = with_options([
