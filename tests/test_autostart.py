@@ -202,9 +202,14 @@ def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar
     monkeypatch.setattr(autostart.Probe, "accuracy", counted)
     monkeypatch.setattr(autostart, "screen", counted_screen)
     start = start_points(space, storage, cifar10_dir, tmp_path / "s")
-    assert 1 <= len(start) <= 3 and all(p["proposed_by"] == "auto" for p in start)
+    auto, kept = [p for p in start if not p.get("reserve")], [p for p in start if p.get("reserve")]
+    assert 1 <= len(auto) <= 3 and all(p["proposed_by"] == "auto" for p in auto)
+    smallest = min(p["predicted_footprint_bits"] for p in auto)  # the reserve: the predicted front below them
+    assert all(p["proposed_by"] == "descent" and p["predicted_footprint_bits"] < smallest for p in kept)
+    sizes = [p["predicted_footprint_bits"] for p in kept]
+    assert sizes == sorted(sizes, reverse=True) and len(kept) <= 48
     params = space.params()
-    for p in start:
+    for p in auto:
         assert set(p["params"]) == set(params)  # every parameter given, each inside its choices
         assert p["params"]["kd"] is True  # the first listed value; epochs too, but for a lossless screen (below)
         assert p["params"]["finetune_epochs"] == 0.5 or ("screen_acc" in p and p["params"]["finetune_epochs"] == 0)
@@ -214,7 +219,8 @@ def test_auto_start_enqueues_k_points_that_the_study_records_as_auto(base, cifar
     assert len(calls) == measured and [p["params"] for p in again] == [p["params"] for p in start]
     study = open_study(space, storage, start=start)
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
-    assert [t.user_attrs["proposed_by"] for t in waiting] == ["auto"] * len(start)
+    assert [t.user_attrs["proposed_by"] for t in waiting] == ["auto"] * len(auto)
+    assert study.user_attrs.get("descent_reserve", []) == [{k: v for k, v in p.items() if k != "reserve"} for p in kept]
     assert start_points(space, storage, cifar10_dir, tmp_path / "s") == []  # started: nothing is added again
 
 

@@ -76,6 +76,9 @@ class AutoStart(BaseModel):
     # more start point, every precision at its highest listed value and pruned as far as the screen stays within
     # it (NNCF's int8 corner); a start point within it trains the least each epochs dimension lists (0 listed:
     # the screened model itself, seconds): fine-tuning cannot recover a loss the screen did not see
+    descend: int = Field(3, ge=0)  # trials at most below the smallest start point, each while the smallest
+    # trained point stays feasible with room (`followup`: a line search along the predicted front)
+    promote: int = Field(2, ge=0)  # trained front points at most rerun with their epochs at the next listed value
     siblings: bool = True  # with `screen` > 0 and a listed quant_epochs: each trained start point is followed by
     # its structure at the smallest precisions screened within `lossless` of its highest, at the least listed
     # QAT (0: post-training quantization of the pruned, fine-tuned model the step cache holds: seconds)
@@ -679,6 +682,11 @@ class Veto:
         self.space, self.where, self.screen = space, (data_dir, device), None
         self.margin = space.sampler.veto / 100
 
+    def accuracy(self, params: dict) -> float:
+        """The screened accuracy of a point (what the follow-ups pick descent candidates by)."""
+        self.screen = self.screen or Screen(self.space, *self.where)
+        return self.screen(params)
+
     def __call__(self, trials, params: dict) -> dict:
         """{'screen_acc', 'screen_footprint_bits'[, 'vetoed_by': trial number]}; {} for a point with no
         zero-shot form (a method that needs training to prune)."""
@@ -789,5 +797,20 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
             shown = f", screened {100 * p['screen_acc']:.1f}%" if "screen_acc" in p else ""
             log(f"auto start point: {p['footprint_bits'] / 8:,.0f} B, predicted zero-shot drop "
                 f"{100 * p['predicted_drop']:.1f} points{shown}: {p['params']}")
+    below = reserve(c, front, min(c["footprint"][i] for i in picks), ceiling) if picks else []
     return {"points": [p["params"] for p in predicted], "predicted": predicted, "baseline": table["baseline"],
-            "front_size": int(len(front)), "combinations": int(len(c["drop"])), "screened": len(screened)}
+            "front_size": int(len(front)), "combinations": int(len(c["drop"])), "screened": len(screened),
+            "reserve": below}
+
+
+def reserve(c: dict, front: np.ndarray, smallest: float, ceiling: float, most: int = 48) -> list[dict]:
+    """The predicted front below the smallest start point, at most `most` points log-spaced in footprint
+    (largest first): what the study descends into when its smallest trained start point stays feasible
+    (`followup`). Every point costs nothing to keep: it is trained only if proposed."""
+    idx = [int(i) for i in front[::-1] if c["footprint"][i] < smallest]
+    if len(idx) > most:
+        logs = np.log(c["footprint"][idx].astype(float))
+        marks = np.linspace(logs[0], logs[-1], most)
+        idx = list(dict.fromkeys(idx[int(np.argmin(np.abs(logs - m)))] for m in marks))
+    return [{"params": point(c, i), "footprint_bits": int(c["footprint"][i]),
+             "predicted_drop": round(float(min(c["drop"][i], ceiling)), 4)} for i in idx]

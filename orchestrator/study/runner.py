@@ -23,6 +23,7 @@ from .mlview import write_view
 from .pareto import TEST_ATTR, export_pareto, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
 from .space import SearchSpace, _listed
+from .followup import RESERVE_ATTR, FollowUp
 from .tracking import PARENT_ATTR, Tracker
 
 HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
@@ -120,7 +121,10 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
     start = [{"params": p, "proposed_by": "start"} for p in space.sampler.points] if start is None else start
     if start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
         study.set_user_attr("start_enqueued", True)
-        for point in start:
+        kept = [p for p in start if p.get("reserve")]
+        if kept:  # the predicted front below the start points: proposed later, one at a time (`followup`)
+            study.set_user_attr(RESERVE_ATTR, [{k: v for k, v in p.items() if k != "reserve"} for p in kept])
+        for point in [p for p in start if not p.get("reserve")]:
             study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
                                 skip_if_exists=True)
     return study
@@ -155,6 +159,8 @@ def start_points(space: SearchSpace, storage: str = DEFAULT_STORAGE, data_dir=No
         out += [{"params": p["params"], "proposed_by": "auto", "predicted_drop": p["predicted_drop"],
                  "predicted_footprint_bits": p["footprint_bits"],
                  **({"screen_acc": p["screen_acc"]} if "screen_acc" in p else {})} for p in plan["predicted"]]
+        out += [{"params": p["params"], "proposed_by": "descent", "predicted_drop": p["predicted_drop"],
+                 "predicted_footprint_bits": p["footprint_bits"], "reserve": True} for p in plan["reserve"]]
     return out
 
 
@@ -340,7 +346,7 @@ class TrialRunner:
     environmental one (disk, data, servers) stopping the study without spending budget."""
 
     OWN = ("pipeline", "mlflow_run_id", "checkpoint", "export", "timings", "proposed_by", "predicted_drop",
-           "predicted_footprint_bits", "screen_acc", "screen_footprint_bits")  # what a repeat does not copy
+           "predicted_footprint_bits", "screen_acc", "screen_footprint_bits", "follows")  # what a repeat does not copy
 
     def __init__(self, space: SearchSpace, study, tracker: Tracker, parent: str, data_dir, out_dir, device,
                  progress=False, on_trial=None, datasets=()):
@@ -358,6 +364,8 @@ class TrialRunner:
         self.target = space.budget.trials
         vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
         self.veto = Veto(space, data_dir, device) if vetoes else None
+        auto = space.sampler.start == "auto" and space.sampler.name != "grid"
+        self.follow = FollowUp(space, self.veto.accuracy if self.veto else None) if auto else None
 
     def idle(self) -> int:
         return len(self.duplicates) + len(self.vetoed)
@@ -383,8 +391,9 @@ class TrialRunner:
             if left is not None and left <= 0:
                 break
             before, repeats = finished(study), self.idle()
+            self.follow_up(study)  # a study resumed between a start point and its follow-up
             study.optimize(self.objective, n_trials=self.target - before, timeout=left, catch=(Exception,),
-                           callbacks=[self.stop_at_budget])
+                           callbacks=[self.stop_at_budget, self.follow_up])
             if self.stopped:
                 raise OrchestratorError(self.stopped[0].splitlines()[0][:600])
             if finished(study) == before and self.idle() == repeats:
@@ -398,6 +407,21 @@ class TrialRunner:
         all_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                    if t.state.name == "COMPLETE" and "mlflow_run_id" in t.user_attrs]
         self.tracker.tag_pareto(pareto_ids, all_ids)
+
+    def follow_up(self, study, _trial=None) -> None:
+        """Enqueue the next descent or promotion point (`followup`) while the budget has room; a failure to
+        (the screen) is logged and ends the follow-ups, never the study."""
+        if self.follow is None or finished(study) >= self.target:
+            return
+        try:
+            point = self.follow(study)
+        except Exception as exc:
+            self.log.warning("study %s: no more follow-up points: %s: %s", self.space.name, type(exc).__name__, exc)
+            self.follow = None
+            return
+        if point is not None:
+            self.log.info("follow-up (%s of trial %d) enqueued: %s", point["proposed_by"], point["follows"],
+                          point["params"])
 
     def stop_at_budget(self, study, _trial) -> None:  # workers share the study: stop once anyone spent the budget
         if finished(study) >= self.target or self.exhausted():
