@@ -362,6 +362,7 @@ class TrialRunner:
         self.most_idle = max(10, space.budget.trials)  # proposals in a row that ran nothing: the study gives up
         self.idle_before = 0  # proposals that ran nothing before the last trial that trained
         self.target = space.budget.trials
+        self.deadline: float | None = None  # time.monotonic() after which no trial starts (`run`)
         vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
         self.veto = Veto(space, data_dir, device) if vetoes else None
         auto = space.sampler.start == "auto" and space.sampler.name != "grid"
@@ -384,6 +385,7 @@ class TrialRunner:
             self.log.warning("study %s: %s", space.name, warning)
         minutes = space.budget.timeout_minutes
         deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
+        self.deadline = deadline
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
         while finished(study) < self.target and not self.exhausted():
@@ -411,8 +413,9 @@ class TrialRunner:
     def follow_up(self, study, _trial=None) -> None:
         """Enqueue the next descent or promotion point (`followup`) while the budget has room; a failure to
         (the screen) is logged and ends the follow-ups, never the study."""
-        if self.follow is None or finished(study) >= self.target:
-            return
+        late = self.deadline is not None and time.monotonic() >= self.deadline
+        if self.follow is None or late or finished(study) >= self.target:
+            return  # past the timeout, a point enqueued now would wait in the study for its next run
         try:
             point = self.follow(study)
         except Exception as exc:
