@@ -90,10 +90,49 @@ def test_no_descent_within_a_fifth_of_the_floor_and_at_most_descend_points(base,
     study = _study(space, _reserve(90, 80, 70, 60, 50, 40))
     _add(study, space, _params(0.5), 100, 0.755)  # 0.5 points above a 5-point floor: less than a fifth
     assert FollowUp(space)(study)["proposed_by"] == "promotion"  # no descent; the point is trained again instead
-    capped = _space(tmp_path, base, descend=0, promote=0)
-    study = _study(capped, _reserve(90, 80))
+    capped = _space(tmp_path, base, descend=1, promote=0)
+    study = _study(capped, _reserve(90, 80, 70, 60, 50, 40))
     _add(study, capped, _params(0.5), 100, 0.79)
-    assert FollowUp(capped)(study) is None
+    first = FollowUp(capped).propose(study)
+    assert first["proposed_by"] == "descent"
+    _add(study, capped, first["params"], first["predicted_footprint_bits"] / 8000, 0.785, by="descent")
+    assert FollowUp(capped)(study) is None  # one descent, feasible with room, but descend=1
+
+
+def test_the_descent_stops_at_its_first_infeasible_or_failed_point(base, tmp_path):
+    """Even when a smaller point stays feasible (noise), a descent that once fell below the floor, or failed,
+    proposes nothing more; a failed point is never proposed again."""
+    space = _space(tmp_path, base, promote=0)
+    reserve = _reserve(90, 80, 70, 60, 50, 40)
+    study = _study(space, reserve)
+    _add(study, space, _params(0.5), 100, 0.79)
+    _add(study, space, reserve[0]["params"], 120, 0.70, by="descent")  # infeasible, above a feasible point
+    assert FollowUp(space)(study) is None
+    study = _study(space, reserve)
+    _add(study, space, _params(0.5), 100, 0.79)
+    point = FollowUp(space).propose(study)
+    study.add_trial(optuna.trial.create_trial(  # it ran and failed (not a lost worker): attempted
+        state=optuna.trial.TrialState.FAIL, params=point["params"],
+        distributions={k: optuna.distributions.CategoricalDistribution([v]) for k, v in point["params"].items()},
+        user_attrs={"proposed_by": "descent", "fail_reason": "RuntimeError: boom"}))
+    assert FollowUp(space)(study) is None
+
+
+def test_reserve_keeps_the_predicted_front_below_the_smallest_start_point_log_spaced():
+    from orchestrator.study.autostart import reserve
+
+    n = 200
+    c = {"footprint": np.geomspace(1e4, 1e6, n), "drop": np.linspace(0.9, 0.0, n),
+         "index": np.zeros((n, 3), dtype=int), "fixed": {}, "structures": [{}], "weights": [{}], "acts": [{}]}
+    front = np.arange(n)
+    kept = reserve(c, front, smallest=float(c["footprint"][150]), ceiling=0.8)
+    sizes = [p["footprint_bits"] for p in kept]
+    assert 40 <= len(kept) <= 48 and sizes == sorted(sizes, reverse=True)  # largest first, thinned
+    assert sizes[0] == int(c["footprint"][149]) and sizes[-1] == int(c["footprint"][0])  # both ends kept
+    steps = -np.diff(np.log(sizes))
+    assert steps.max() < 2 * steps.mean()  # log-spaced: no gap much wider than the average step
+    assert max(p["predicted_drop"] for p in kept) == 0.8  # capped at the ceiling (chance)
+    assert reserve(c, front, smallest=float(c["footprint"][0]), ceiling=0.8) == []  # nothing below the smallest
 
 
 def test_promotion_trains_the_smallest_front_point_again_at_the_next_listed_epochs(base, tmp_path):
@@ -102,7 +141,7 @@ def test_promotion_trains_the_smallest_front_point_again_at_the_next_listed_epoc
     _add(study, space, _params(0.5), 200, 0.79)
     _add(study, space, _params(0.7), 100, 0.78)
     _add(study, space, _params(0.8, epochs=0, q=0), 90, 0.60)  # below the floor: off the front
-    _add(study, space, _params(0.6), 300, 0.70, by="sampler")  # a sampler's trial: not promoted
+    _add(study, space, _params(0.6), 80, 0.77, by="sampler")  # the smallest front point, a sampler's: not promoted
     follow = FollowUp(space)
     point = follow(study)
     assert point == {"params": _params(0.7, epochs=1, q=1), "proposed_by": "promotion", "follows": 1}
@@ -149,7 +188,7 @@ def test_a_study_runs_its_follow_ups_right_after_its_start_points(base, cifar10_
     by = [t.user_attrs.get("proposed_by", "sampler") for t in trials]
     n_auto = by.count("auto")
     follow = [t for t in trials if t.user_attrs.get("proposed_by") in ("descent", "promotion")]
-    assert "descent" in by and "promotion" in by
+    assert 1 <= by.count("descent") <= 2 and by.count("promotion") == 1  # descend: 2, promote: 1
     assert [t.number for t in follow] == list(range(n_auto, n_auto + len(follow)))  # right after
     assert by[n_auto:n_auto + len(follow)] == sorted(by[n_auto:n_auto + len(follow)])  # descents, then promotions
     for t in follow:
@@ -159,3 +198,25 @@ def test_a_study_runs_its_follow_ups_right_after_its_start_points(base, cifar10_
             assert t.user_attrs["total_bits"] < followed.user_attrs["total_bits"]
         else:
             assert t.params == {**followed.params, "finetune_epochs": 1}
+
+
+def test_no_follow_up_is_enqueued_past_the_timeout_or_without_budget_room(base, tmp_path):
+    """A point enqueued then would wait in the study for its next run (run 20 left a promotion so)."""
+    import logging
+    import time
+
+    from orchestrator.study.runner import TrialRunner
+
+    space = _space(tmp_path, base)
+    study = _study(space, _reserve(90, 80, 70, 60, 50, 40))
+    _add(study, space, _params(0.5), 100, 0.79)
+    runner = TrialRunner.__new__(TrialRunner)  # the follow-up's guard alone: no MLflow, no data
+    runner.space, runner.follow, runner.log, runner.stopped = space, FollowUp(space), logging.getLogger("t"), []
+    runner.duplicates, runner.vetoed, runner.idle_before, runner.most_idle = [], [], 0, 20
+    for deadline, target in ((time.monotonic() - 1, 20), (None, 1)):  # past the timeout; the budget spent
+        runner.deadline, runner.target = deadline, target
+        runner.follow_up(study)
+        assert not [t for t in study.get_trials() if t.state.name == "WAITING"]
+    runner.deadline, runner.target = time.monotonic() + 60, 20
+    runner.follow_up(study)
+    assert [t.user_attrs["proposed_by"] for t in study.get_trials() if t.state.name == "WAITING"] == ["descent"]

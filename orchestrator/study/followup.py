@@ -3,21 +3,26 @@
 The start points are spread before anything is trained, from a zero-shot screen whose *level* does not carry
 across models (ResNet-56, run 18: a point screened at 38.6% trained to 84.46%; every trained start point
 stayed feasible, the smallest 2.4 points above the floor, so the front stopped 1.7x above the 40x target).
-Two moves use the trained results, one trial at a time, before the sampler proposes anything:
+Two moves use the measured results, one trial at a time, ahead of the sampler (with one worker: before it
+proposes anything):
 
-- *Descent* (a line search along the predicted front): while the smallest trained start (or descent) point is
+- *Descent* (a line search along the predicted front): while the smallest start or follow-up point is
   feasible with room to spare, the predicted-front point nearest below the footprint that a fit of accuracy
-  against log footprint over the smallest trained points puts halfway between it and the floor (a step of
-  0.5-0.9x), the best screened of the closest few. It stops at the first infeasible point or at `descend`.
-- *Promotion* (successive halving's move from a cheap fidelity to the next): the smallest trained front point
-  not yet promoted is trained again with each of its epochs dimensions at the next larger listed value. Up
-  to `promote` of them, after the descent.
+  against log footprint over the smallest measured points puts halfway between it and the floor (a step of
+  0.5-0.9x), the best screened of the closest few. It stops at the first infeasible (or failed) point or at
+  `descend`.
+- *Promotion* (successive halving's move from a cheap fidelity to the next): the smallest front point of
+  those not yet promoted is trained again with each epochs dimension it trained at the next larger listed
+  value. Up to `promote` of them, after the descent.
 
-Each is enqueued with `proposed_by` ("descent", "promotion") and the trial it follows (`follows`).
+Each is enqueued with `proposed_by` ("descent", "promotion") and the trial it follows (`follows`). Workers
+that finish trials at once may both propose the same point: the enqueue skips a point the study already
+holds (Optuna's check; a race of milliseconds remains, as Optuna documents).
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,11 +31,21 @@ from .pareto import feasible, ran, rows
 
 RESERVE_ATTR = "descent_reserve"  # study attribute: the predicted front below the start points (autostart.reserve)
 FOLLOWED = ("auto", "descent", "promotion")  # the proposals a follow-up waits for and learns from
-TRAINING = ("finetune_epochs", "quant_epochs")  # the epochs a promotion raises
+TRAINING = ("finetune_epochs", "quant_epochs", "channel_epochs")  # the epochs a promotion raises
 
 
-def _trained(t) -> bool:
-    return ran(t) and t.user_attrs.get("proposed_by") in FOLLOWED and t.params.get("finetune_epochs", 0) > 0
+def _by(t) -> str | None:
+    return t.user_attrs.get("proposed_by")
+
+
+def _failed(t) -> bool:
+    """A trial that failed for a reason of its own (a lost worker or an environmental failure is retried)."""
+    return t.state.name == "FAIL" and "fail_reason" in t.user_attrs and not t.user_attrs.get("environmental")
+
+
+def _key(params: dict) -> str:
+    """Params compared as the space rounds them (a sampler's 0.9000000000000001 is the grid's 0.9)."""
+    return json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in params.items()}, sort_keys=True)
 
 
 def step_factor(points: list[tuple[float, float]], floor: float) -> float:
@@ -48,8 +63,8 @@ def step_factor(points: list[tuple[float, float]], floor: float) -> float:
 
 
 class FollowUp:
-    """After every finished trial (a study callback): enqueue the next descent or promotion point when no
-    start or follow-up point is waiting or running. `screen(params)` (or None) picks among descent candidates."""
+    """After every finished trial (a study callback): the next descent or promotion point, when no automatic
+    start or follow-up point is waiting or running. `screen(params)` (or None) measures descent candidates."""
 
     def __init__(self, space, screen=None):
         self.space, self.screen = space, screen
@@ -58,68 +73,68 @@ class FollowUp:
 
     def __call__(self, study, _trial=None) -> dict | None:
         """The point enqueued ({'params', 'proposed_by', ...}), or None."""
-        trials = study.get_trials(deepcopy=False)
-        if self.space.constraints.max_accuracy_drop is None or not any(
-                t.user_attrs.get("proposed_by") == "auto" for t in trials):
-            return None  # no floor to descend to, or no automatic start points to follow
-        if any(t.state.name in ("WAITING", "RUNNING") and t.user_attrs.get("proposed_by") in FOLLOWED
-               for t in trials):
-            return None
-        ran_params = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials  # waiting: not yet params
-                      if t.state.name in ("COMPLETE", "WAITING", "RUNNING")]
-        point = self.descent(study, trials, ran_params) or self.promotion(study, trials, ran_params)
+        point = self.propose(study)
         if point is not None:
-            study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"})
+            self.enqueue(study, point)
         return point
 
-    def descent(self, study, trials, ran_params) -> dict | None:
-        done = [t for t in trials if t.user_attrs.get("proposed_by") == "descent" and ran(t)]
-        if len(done) >= self.opts.descend or any(not feasible(t) for t in done):
-            return None
-        trained = sorted((t for t in trials if _trained(t)), key=lambda t: t.user_attrs["total_bits"])
-        if not trained or not feasible(trained[0]):
-            return None
-        low = trained[0].user_attrs
-        floor = low["base_val_acc"] - self.space.constraints.max_accuracy_drop
-        if low["val_acc"] - floor < self.space.constraints.max_accuracy_drop / 5:
-            return None  # within a fifth of the floor: a smaller point would most likely fall below it
-        points = [(t.user_attrs["total_bits"], t.user_attrs["val_acc"]) for t in trained]
-        target = low["total_bits"] * step_factor(points, floor)
-        near = [p for p in study.user_attrs.get(RESERVE_ATTR, []) if target * 0.85 <= p["predicted_footprint_bits"] <= target
-                and p["params"] not in ran_params][:max(1, self.opts.screen)]
-        if not near:
-            near = [p for p in study.user_attrs.get(RESERVE_ATTR, []) if p["predicted_footprint_bits"] <= target
-                    and p["params"] not in ran_params][:1]
-        if not near:
-            return None
-        if self.screen is not None and len(near) > 1:
-            scored = [{**p, "screen_acc": self.screen(p["params"])} for p in near]
-            best = max(scored, key=lambda p: p["screen_acc"])
-        else:
-            best = near[0]
-        return {**best, "follows": trained[0].number}
+    @staticmethod
+    def enqueue(study, point: dict) -> None:
+        study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
+                            skip_if_exists=True)
 
-    def promotion(self, study, trials, ran_params) -> dict | None:
-        done = [t for t in trials if t.user_attrs.get("proposed_by") == "promotion" and ran(t)]
+    def propose(self, study) -> dict | None:
+        trials = study.get_trials(deepcopy=False)
+        if self.space.constraints.max_accuracy_drop is None or not any(_by(t) == "auto" for t in trials):
+            return None  # no floor to descend to, or no automatic start points to follow
+        if any(t.state.name in ("WAITING", "RUNNING") and _by(t) in FOLLOWED for t in trials):
+            return None
+        tried = {_key(t.params or t.system_attrs.get("fixed_params", {})) for t in trials  # waiting: no params yet
+                 if t.state.name in ("COMPLETE", "WAITING", "RUNNING") or _failed(t)}
+        # smallest first; of two at one footprint (a promotion and its original), the more accurate
+        measured = sorted((t for t in trials if ran(t) and _by(t) in FOLLOWED),
+                          key=lambda t: (t.user_attrs["total_bits"], -t.user_attrs["val_acc"]))
+        return self.descent(study, trials, measured, tried) or self.promotion(study, trials, measured, tried)
+
+    def descent(self, study, trials, measured, tried) -> dict | None:
+        done = [t for t in trials if _by(t) == "descent" and (ran(t) or _failed(t))]
+        if len(done) >= self.opts.descend or any(_failed(t) or not feasible(t) for t in done):
+            return None
+        if not measured or not feasible(measured[0]):
+            return None
+        low, limit = measured[0].user_attrs, self.space.constraints.max_accuracy_drop
+        floor = low["base_val_acc"] - limit
+        if low["val_acc"] - floor < limit / 5:
+            return None  # within a fifth of the floor: a smaller point would most likely fall below it
+        target = low["total_bits"] * step_factor([(t.user_attrs["total_bits"], t.user_attrs["val_acc"])
+                                                  for t in measured], floor)
+        reserve = [p for p in study.user_attrs.get(RESERVE_ATTR, []) if _key(p["params"]) not in tried]
+        near = [p for p in reserve if target * 0.85 <= p["predicted_footprint_bits"] <= target]
+        near = near[:max(1, self.opts.screen)] or [p for p in reserve if p["predicted_footprint_bits"] <= target][:1]
+        if not near:
+            return None
+        if self.screen is not None:  # recorded even for one: a later sampler proposal is vetoed against it
+            near = [{**p, "screen_acc": self.screen(p["params"])} for p in near]
+        best = max(near, key=lambda p: p.get("screen_acc", 0.0))  # the largest first: ties keep it
+        return {**best, "follows": measured[0].number}
+
+    def promotion(self, study, trials, measured, tried) -> dict | None:
+        done = [t for t in trials if _by(t) == "promotion" and (ran(t) or _failed(t))]
         if len(done) >= self.opts.promote:
             return None
         front = {r["trial"] for r in rows(study) if r["pareto"]}
-        for t in sorted((t for t in trials if t.number in front and _trained(t)),
-                        key=lambda t: t.user_attrs["total_bits"]):
+        for t in (t for t in measured if t.number in front):
             params = self.promoted(t.params)
-            if params is not None and params not in ran_params:
+            if params is not None and _key(params) not in tried:
                 return {"params": params, "proposed_by": "promotion", "follows": t.number}
         return None
 
     def promoted(self, params: dict) -> dict | None:
-        """`params` with every trained epochs dimension at the next larger listed value (None: none is larger)."""
+        """`params` with every epochs dimension it trained (> 0) at the next larger listed value, where one is
+        listed; None when none is (a range of epochs is not promoted: no next value)."""
         out = dict(params)
         for k in TRAINING:
             listed, v = self.listed.get(k), params.get(k, 0)
-            if not isinstance(listed, list) or not v:
-                continue
-            larger = [x for x in listed if x > v]
-            if not larger:
-                return None
-            out[k] = min(larger)
+            if isinstance(listed, list) and v and any(x > v for x in listed):
+                out[k] = min(x for x in listed if x > v)
         return out if out != params else None

@@ -389,11 +389,11 @@ class TrialRunner:
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
         while finished(study) < self.target and not self.exhausted():
+            self.follow_up(study)  # a study resumed between a start point and its follow-up
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
             before, repeats = finished(study), self.idle()
-            self.follow_up(study)  # a study resumed between a start point and its follow-up
             study.optimize(self.objective, n_trials=self.target - before, timeout=left, catch=(Exception,),
                            callbacks=[self.stop_at_budget, self.follow_up])
             if self.stopped:
@@ -413,18 +413,26 @@ class TrialRunner:
     def follow_up(self, study, _trial=None) -> None:
         """Enqueue the next descent or promotion point (`followup`) while the budget has room; a failure to
         (the screen) is logged and ends the follow-ups, never the study."""
-        late = self.deadline is not None and time.monotonic() >= self.deadline
-        if self.follow is None or late or finished(study) >= self.target:
-            return  # past the timeout, a point enqueued now would wait in the study for its next run
+        if self.follow is None or self.no_room(study):
+            return
         try:
-            point = self.follow(study)
+            point = self.follow.propose(study)
+            if point is None or self.no_room(study):  # proposing screens candidates: seconds
+                return
+            self.follow.enqueue(study, point)
         except Exception as exc:
             self.log.warning("study %s: no more follow-up points: %s: %s", self.space.name, type(exc).__name__, exc)
             self.follow = None
             return
-        if point is not None:
-            self.log.info("follow-up (%s of trial %d) enqueued: %s", point["proposed_by"], point["follows"],
-                          point["params"])
+        self.log.info("follow-up (%s of trial %d) enqueued: %s", point["proposed_by"], point["follows"],
+                      point["params"])
+
+    def no_room(self, study) -> bool:
+        """Whether a point enqueued now would be left waiting in the study for its next run: past the
+        timeout, the budget spent or taken by running trials, the study stopped or exhausted."""
+        running = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+        return ((self.deadline is not None and time.monotonic() >= self.deadline) or bool(self.stopped)
+                or self.exhausted() or finished(study) + running >= self.target)
 
     def stop_at_budget(self, study, _trial) -> None:  # workers share the study: stop once anyone spent the budget
         if finished(study) >= self.target or self.exhausted():
