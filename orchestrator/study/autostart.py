@@ -77,8 +77,9 @@ class AutoStart(BaseModel):
     # it (NNCF's int8 corner); a start point within it trains the least each epochs dimension lists (0 listed:
     # the screened model itself, seconds): fine-tuning cannot recover a loss the screen did not see
     descend: int = Field(3, ge=0)  # trials at most below the smallest start point, each while the smallest
-    # trained point stays feasible with room (`followup`: a line search along the predicted front)
-    promote: int = Field(2, ge=0)  # trained front points at most rerun with their epochs at the next listed value
+    # measured start or follow-up point stays feasible with room (`followup`: a line search along the predicted
+    # front)
+    promote: int = Field(2, ge=0)  # front points at most rerun with their trained epochs at the next listed value
     siblings: bool = True  # with `screen` > 0 and a listed quant_epochs: each trained start point is followed by
     # its structure at the smallest precisions screened within `lossless` of its highest, at the least listed
     # QAT (0: post-training quantization of the pruned, fine-tuned model the step cache holds: seconds)
@@ -805,7 +806,7 @@ def auto_start(space, data_dir=None, cache_dir=None, device="cpu", log=None) -> 
 
 def reserve(c: dict, front: np.ndarray, smallest: float, ceiling: float, most: int = 48) -> list[dict]:
     """The predicted front below the smallest start point, at most `most` points log-spaced in footprint
-    (largest first): what the study descends into when its smallest trained start point stays feasible
+    (largest first): what the study descends into while its smallest measured point stays feasible
     (`followup`). Every point costs nothing to keep: it is trained only if proposed."""
     idx = [int(i) for i in front[::-1] if c["footprint"][i] < smallest]
     if len(idx) > most:

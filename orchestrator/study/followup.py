@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .pareto import feasible, ran, rows
+from .pareto import failed_own, feasible, ran, rows
 
 RESERVE_ATTR = "descent_reserve"  # study attribute: the predicted front below the start points (autostart.reserve)
 FOLLOWED = ("auto", "descent", "promotion")  # the proposals a follow-up waits for and learns from
@@ -38,14 +38,16 @@ def _by(t) -> str | None:
     return t.user_attrs.get("proposed_by")
 
 
-def _failed(t) -> bool:
-    """A trial that failed for a reason of its own (a lost worker or an environmental failure is retried)."""
-    return t.state.name == "FAIL" and "fail_reason" in t.user_attrs and not t.user_attrs.get("environmental")
-
-
 def _key(params: dict) -> str:
     """Params compared as the space rounds them (a sampler's 0.9000000000000001 is the grid's 0.9)."""
     return json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in params.items()}, sort_keys=True)
+
+
+def enqueue(study, point: dict) -> None:
+    """A proposed point ({'params', 'proposed_by', ...}) as a waiting trial, its other keys as user attributes;
+    skipped when the study already holds those params (workers proposing at once)."""
+    study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
+                        skip_if_exists=True)
 
 
 def step_factor(points: list[tuple[float, float]], floor: float) -> float:
@@ -75,13 +77,8 @@ class FollowUp:
         """The point enqueued ({'params', 'proposed_by', ...}), or None."""
         point = self.propose(study)
         if point is not None:
-            self.enqueue(study, point)
+            enqueue(study, point)
         return point
-
-    @staticmethod
-    def enqueue(study, point: dict) -> None:
-        study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
-                            skip_if_exists=True)
 
     def propose(self, study) -> dict | None:
         trials = study.get_trials(deepcopy=False)
@@ -90,15 +87,15 @@ class FollowUp:
         if any(t.state.name in ("WAITING", "RUNNING") and _by(t) in FOLLOWED for t in trials):
             return None
         tried = {_key(t.params or t.system_attrs.get("fixed_params", {})) for t in trials  # waiting: no params yet
-                 if t.state.name in ("COMPLETE", "WAITING", "RUNNING") or _failed(t)}
+                 if t.state.name in ("COMPLETE", "WAITING", "RUNNING") or failed_own(t)}
         # smallest first; of two at one footprint (a promotion and its original), the more accurate
         measured = sorted((t for t in trials if ran(t) and _by(t) in FOLLOWED),
                           key=lambda t: (t.user_attrs["total_bits"], -t.user_attrs["val_acc"]))
         return self.descent(study, trials, measured, tried) or self.promotion(study, trials, measured, tried)
 
     def descent(self, study, trials, measured, tried) -> dict | None:
-        done = [t for t in trials if _by(t) == "descent" and (ran(t) or _failed(t))]
-        if len(done) >= self.opts.descend or any(_failed(t) or not feasible(t) for t in done):
+        done = [t for t in trials if _by(t) == "descent" and (ran(t) or failed_own(t))]
+        if len(done) >= self.opts.descend or any(failed_own(t) or not feasible(t) for t in done):
             return None
         if not measured or not feasible(measured[0]):
             return None
@@ -119,7 +116,7 @@ class FollowUp:
         return {**best, "follows": measured[0].number}
 
     def promotion(self, study, trials, measured, tried) -> dict | None:
-        done = [t for t in trials if _by(t) == "promotion" and (ran(t) or _failed(t))]
+        done = [t for t in trials if _by(t) == "promotion" and (ran(t) or failed_own(t))]
         if len(done) >= self.opts.promote:
             return None
         front = {r["trial"] for r in rows(study) if r["pareto"]}

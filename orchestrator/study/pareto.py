@@ -52,6 +52,12 @@ def ran(t) -> bool:
     return t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs
 
 
+def failed_own(t) -> bool:
+    """A trial that failed for a reason of its own: it counts against the budget and is not retried (a trial
+    lost with a killed worker, or one failed for an environmental reason, is retried instead)."""
+    return t.state.name == "FAIL" and "fail_reason" in t.user_attrs and not t.user_attrs.get("environmental")
+
+
 TEST_ATTR = "test_acc:"  # + trial number: a study attribute, the test accuracy measured for the final front
 
 

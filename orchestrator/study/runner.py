@@ -20,10 +20,10 @@ from ..errors import OrchestratorError
 from ..paths import sqlite_file
 from ..pipeline import run_pipeline
 from .mlview import write_view
-from .pareto import TEST_ATTR, export_pareto, ran, rows
+from .pareto import TEST_ATTR, export_pareto, failed_own, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
 from .space import SearchSpace, _listed
-from .followup import RESERVE_ATTR, FollowUp
+from .followup import RESERVE_ATTR, FollowUp, enqueue
 from .tracking import PARENT_ATTR, Tracker
 
 HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
@@ -125,8 +125,7 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
         if kept:  # the predicted front below the start points: proposed later, one at a time (`followup`)
             study.set_user_attr(RESERVE_ATTR, [{k: v for k, v in p.items() if k != "reserve"} for p in kept])
         for point in [p for p in start if not p.get("reserve")]:
-            study.enqueue_trial(point["params"], user_attrs={k: v for k, v in point.items() if k != "params"},
-                                skip_if_exists=True)
+            enqueue(study, point)
     return study
 
 
@@ -222,8 +221,7 @@ def finished(study) -> int:
     """Trials that count against the budget: complete ones, and ones that failed for a reason of their own
     (a trial lost with a killed worker is retried instead). A repeat of a finished configuration, answered
     from its record, costs nothing and does not count."""
-    return sum(ran(t) or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs
-                          and not t.user_attrs.get("environmental")) for t in study.get_trials(deepcopy=False))
+    return sum(ran(t) or failed_own(t) for t in study.get_trials(deepcopy=False))
 
 
 def same_pipeline(study, pipeline: dict):
@@ -384,13 +382,12 @@ class TrialRunner:
         if warning:
             self.log.warning("study %s: %s", space.name, warning)
         minutes = space.budget.timeout_minutes
-        deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
-        self.deadline = deadline
+        self.deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
         while finished(study) < self.target and not self.exhausted():
             self.follow_up(study)  # a study resumed between a start point and its follow-up
-            left = None if deadline is None else deadline - time.monotonic()
+            left = None if self.deadline is None else self.deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
             before, repeats = finished(study), self.idle()
@@ -419,7 +416,7 @@ class TrialRunner:
             point = self.follow.propose(study)
             if point is None or self.no_room(study):  # proposing screens candidates: seconds
                 return
-            self.follow.enqueue(study, point)
+            enqueue(study, point)
         except Exception as exc:
             self.log.warning("study %s: no more follow-up points: %s: %s", self.space.name, type(exc).__name__, exc)
             self.follow = None
