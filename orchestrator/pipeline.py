@@ -37,7 +37,7 @@ from .finetune import FinetuneData, finetune
 from .pruning import finalize_, prune_, sparsity
 from .pruning.core import effective_weight, prunable_layers
 from .quant import quantize_
-from .steps import FinetuneStep, PipelineConfig, PruneStep, QuantizeStep, Step, load_pipeline
+from .steps import FinetuneStep, PipelineConfig, PruneStep, QuantizeStep, Step, load_pipeline, step_epochs
 from .train import evaluate
 
 @torch.no_grad()
@@ -184,6 +184,7 @@ class _Run:
     test: object = None
     teacher: nn.Module | None = None
     cache: StepCache | None = None
+    trained: float = 0.0  # epochs of the steps this run trained (not resumed, not from the cache)
 
     @property
     def eval_split(self):
@@ -267,6 +268,7 @@ class _Run:
         model = STEP_HANDLERS[step.kind](model, step.config, data)
         seconds = time.perf_counter() - t0
         self.timer["train"] = self.timer.get("train", 0.0) + seconds
+        self.trained += step_epochs(step.model_dump(mode="json"))
         eval_acc = self.evaluate(model, self.eval_split) if evaluated else None
         with self.timer("footprint"):
             sizes = _sizes(model.cpu(), self.config.act_bits)
@@ -293,7 +295,7 @@ class _Run:
         final["param_compression"] = records[0]["param_bits"] / final["param_bits"]
         result = {"pipeline": dumped, "base": self.base, "steps": records, "final": final,
                   "export": str(export_path), "cache_hits": self.cache.hits if self.cache else 0,
-                  "timings": dict(self.timer)}
+                  "timings": dict(self.timer), "trained_epochs": self.trained}
         metrics = {"test_acc": final["test_acc"], "eval_acc": records[-1]["eval_acc"],
                    "eval_split": self.eval_split.name, "sparsity": sparsity(exported), "pipeline": result}
         teacher = str(self.config.teacher) if self.config.teacher else None

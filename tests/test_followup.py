@@ -212,7 +212,7 @@ def test_no_follow_up_is_enqueued_past_the_timeout_or_without_budget_room(base, 
     _add(study, space, _params(0.5), 100, 0.79)
     runner = TrialRunner.__new__(TrialRunner)  # the follow-up's guard alone: no MLflow, no data
     runner.space, runner.follow, runner.log, runner.stopped = space, FollowUp(space), logging.getLogger("t"), []
-    runner.duplicates, runner.vetoed, runner.idle_before, runner.most_idle = [], [], 0, 20
+    runner.duplicates, runner.vetoed, runner.idle_before, runner.most_idle, runner.out_of_time = [], [], 0, 20, False
     for deadline, target in ((time.monotonic() - 1, 20), (None, 1)):  # past the timeout; the budget spent
         runner.deadline, runner.target = deadline, target
         runner.follow_up(study)

@@ -24,11 +24,17 @@ def trial_runs(client, name):
             [r for r in runs if r.data.tags.get("orchestrator.kind") == "trial"])
 
 
-def test_trials_load_back_as_mlflow_models_and_a_front_model_registers(base, cifar10_dir, in_tmp):
+def test_trials_load_back_as_mlflow_models_and_a_front_model_registers(base, cifar10_dir, in_tmp, capfd):
     import mlflow
     path = space_file(in_tmp, base, dimensions=QUANT_DIMS, budget={"trials": 2})
     storage, uri = f"sqlite:///{in_tmp}/optuna.db", f"sqlite:///{in_tmp}/mlflow.db"
+    globals_before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
+                      os.environ.get("MLFLOW_EXPERIMENT_ID"))
     st = run_study(load_space(path), storage=storage, data_dir=cifar10_dir, out_dir=in_tmp / "s", tracking_uri=uri)
+    # logging the trials' models left a library caller's MLflow globals (and its children's environment) alone
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_EXPERIMENT_ID")) == globals_before
+    assert "Downloading artifacts" not in capfd.readouterr().err  # no MLflow progress bar amid the trial lines
     client = mlflow.MlflowClient(uri)
     (parent,), trials = trial_runs(client, "tiny")
     assert parent.info.status == "FINISHED" and len(trials) == 2

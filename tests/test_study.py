@@ -495,3 +495,91 @@ def test_a_dataset_row_inserted_by_another_worker_at_the_same_moment_is_linked_o
     tracker.client = Client(["RESOURCE_DOES_NOT_EXIST: run"])
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
         tracker.log_inputs("run", ["d"])
+
+
+def test_only_the_study_creator_makes_the_mlflow_parent_and_the_others_wait_for_it(base, in_tmp):
+    """Workers starting together: exactly one creates the study (the storage's unique name decides) and its
+    parent run; one that loaded it waits for that run's id, and makes one itself only if none comes."""
+    import threading
+
+    from orchestrator.study import tracking
+    from orchestrator.study.runner import create_or_load
+    space = load_space(space_file(in_tmp, base, sampler={"name": "random", "seed": 0, "start": "none"}))
+    storage = f"sqlite:///{in_tmp}/optuna.db"
+    (study, created), (other, second) = create_or_load(space, storage), create_or_load(space, storage)
+    assert (created, second) == (True, False)
+    t = tracking.Tracker(f"sqlite:///{in_tmp}/m.db", "exp")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(t.parent(other, space.model_dump(), owner=False)))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got  # no parent yet: the loader waits rather than make a second one
+    run_id = t.parent(study, space.model_dump(), owner=True)
+    waiter.join(timeout=30)
+    assert got == [run_id]
+    parents = t.client.search_runs([t.experiment_id], "tags.`orchestrator.kind` = 'study'")
+    assert [r.info.run_id for r in parents] == [run_id]
+    (lonely, _), = [create_or_load(space.model_copy(update={"name": "lonely"}), storage)]
+    made = t.parent(lonely, space.model_dump(), owner=False, wait=0.3)  # its creator died before its parent
+    assert made != run_id and lonely.user_attrs[tracking.PARENT_ATTR] == made
+
+
+def _done(train: float | None, trial: float, trained: float):
+    from types import SimpleNamespace as NS
+    timings = {"trial": trial, **({} if train is None else {"train": train})}  # no step trained: no "train"
+    return NS(state=NS(name="COMPLETE"), user_attrs={"timings": timings, "trained_epochs": trained})
+
+
+def test_a_trials_seconds_are_predicted_from_the_epochs_the_finished_trials_trained(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from orchestrator.steps import step_epochs
+    from orchestrator.study import runner
+    han = {"steps": [{"prune": {"method": "han", "rounds": 3, "finetune": {"epochs": 0.5}}},
+                     {"finetune": {"epochs": 2}}, {"quantize": {"finetune": {"epochs": 1}}}]}
+    assert [step_epochs(s) for s in han["steps"]] == [1.5, 2, 1]  # 3 rounds x 0.5
+    two = {"steps": [{"prune": {"finetune": {"epochs": 1}}}, {"quantize": {"finetune": {"epochs": 1}}}]}
+    r = runner.TrialRunner.__new__(runner.TrialRunner)
+    # 100 s for 1 epoch, 300 s for 2; a sibling whose fine-tune came from the step cache trained nothing, and
+    # one whose every step was cached has no "train" at all: neither is a rate (a rate of ~0 s per epoch)
+    trials = [_done(100, 110, 1), _done(300, 305, 2), _done(0.4, 5.4, 0), _done(None, 5.0, 0)]
+    r.study = NS(get_trials=lambda deepcopy: trials)
+    assert r.needs(two) == 125 * 2 + 5  # median 125 s per epoch; median 5 s outside training (10, 5, 5, 5)
+    assert r.needs({"steps": [{"prune": {"finetune": {"epochs": 0}}}]}) == 5
+    trials[:] = [_done(0.4, 5.4, 0)]
+    assert r.needs(two) is None  # nothing trained yet: no estimate (the trial starts)
+    r.space = NS(budget=NS(timeout_minutes=1))
+    r.study, r.log, r.out_of_time = NS(get_trials=lambda deepcopy: [_done(100, 110, 1)]), NS(info=print), False
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 1000.0)
+    trial = NS(user_attrs={"proposed_by": "auto"}, number=3)
+    r.deadline = 1000 + 210  # 2 epochs: 200 s + 10 s outside training end at the deadline: it starts
+    r.check_time(trial, two)
+    r.deadline = 1000 + 209
+    r.study.stop = lambda: None
+    with pytest.raises(runner._optuna().TrialPruned):
+        r.check_time(trial, two)  # 210 s > a whole 60 s timeout: stopped, and not given back to the queue
+    assert r.out_of_time
+
+
+def test_a_start_point_that_would_end_past_the_timeout_waits_for_the_next_run(base, cifar10_dir, in_tmp,
+                                                                                 monkeypatch):
+    from orchestrator.study import runner
+    points = [{"method": "global_magnitude", "ratio": r, "finetune_epochs": 0, "kd": False, "bits": 4, "act_bits": 32}
+              for r in (0.3, 0.6)]
+    space = load_space(space_file(in_tmp, base, sampler={"name": "random", "seed": 0, "start": points,
+                                                         "veto": None}, budget={"trials": 4, "timeout_minutes": 60}))
+    kw = dict(storage=f"sqlite:///{in_tmp}/optuna.db", data_dir=cifar10_dir, out_dir=in_tmp / "s",
+              tracking_uri=f"sqlite:///{in_tmp}/m.db")
+    # after the first trial, the next is predicted to need all but a second of the hour: past the deadline,
+    # but within a whole timeout, so the next run gets it
+    monkeypatch.setattr(runner.TrialRunner, "needs", lambda self, p: 3599 if runner.finished(self.study) else None)
+    st = run_study(space, **kw)
+    states = {t.number: t.state.name for t in st.trials}
+    assert runner.finished(st) == 1 and list(states.values()).count("PRUNED") == 1  # stopped at the second
+    (waiting,) = [t for t in st.trials if t.state.name == "WAITING"]
+    assert waiting.system_attrs["fixed_params"]["ratio"] == 0.6 and waiting.user_attrs["proposed_by"] == "start"
+    monkeypatch.undo()
+    st = run_study(space, **kw)
+    again = [t for t in st.trials if t.state.name == "COMPLETE" and t.params.get("ratio") == 0.6
+             and t.user_attrs.get("proposed_by") == "start"]
+    assert len(again) == 1 and runner.finished(st) == 4

@@ -74,15 +74,16 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
                  name=None, timeout=None):
     """`workers` local processes of this command, cores/N threads each; preflight and the summary once."""
     from ..study import open_study, status
-    from ..study.runner import BEGAN_ENV, preflight, publish, start_points, test_front
+    from ..study.runner import BEGAN_ENV, create_or_load, preflight, publish, start_points, test_front
     from ..study.tracking import PARENT_ATTR, Tracker
     from ..study.workers import run_workers
 
     began = str(time.time())  # the workers' timeout counts the start points measured here
     preflight(space, data_dir, out_dir, storage, tracking_uri)
     start = start_points(space, storage, data_dir, out_dir, _device(device))  # measured once, not per worker
-    open_study(space, storage, start=start)  # the study and the MLflow store and experiment are created once here,
-    Tracker(tracking_uri, space.name)  # so the workers do not race through the schema migrations
+    study, created = create_or_load(space, storage, start)  # the study, the MLflow store, experiment and parent
+    Tracker(tracking_uri, space.name).parent(study, space.model_dump(), owner=created)  # run are created once
+    # here, so the workers neither race through the schema migrations nor wait for a parent
     argv = ["study", "run", str(space_file), "--storage", storage, "--out", str(out_dir), "--device", device,
             "--quiet", *(["--mlflow", tracking_uri] if tracking_uri else []),
             *(["--data-dir", str(data_dir)] if data_dir else []), *(["--trials", str(trials)] if trials else []),
@@ -91,12 +92,14 @@ def _run_workers(space, space_file, storage, tracking_uri, data_dir, device, out
     code = run_workers(argv, workers, Path(out_dir) / space.name / "workers", echo=click.echo, env={BEGAN_ENV: began})
     st = open_study(space, storage, create=False)
     click.echo(f"{space.name}: {status(st)}")
-    if PARENT_ATTR in st.user_attrs:  # absent only when every worker failed before it began
-        tracker = Tracker(tracking_uri, space.name)
+    tracker = Tracker(tracking_uri, space.name)
+    if not code or any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
         test_front(st, data_dir, _device(device), tracker)  # workers leave the front test and files to this one
         files = publish(st, space, tracker, out_dir,  # once, after every worker (a failed one too)
                         footer=_pareto_command(space_file, storage, base, name))
         click.echo(f"Pareto front -> {files[-1]}")
+    else:  # every worker failed before a trial finished: the study's run says so
+        tracker.client.set_terminated(st.user_attrs[PARENT_ATTR], "FAILED")
     if code:
         raise OrchestratorError(f"a worker exited with code {code}; its log is under {Path(out_dir) / space.name}/workers/")
 

@@ -9,6 +9,9 @@ like the checkpoint's model: the normalization is in the model's metadata.
 
 from __future__ import annotations
 
+import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +20,8 @@ from ..errors import OrchestratorError
 
 MODEL_NAME = "model"  # artifact path of the MLflow Model in a trial's run
 EXAMPLE_BATCH = 2  # > 1, so torch.export keeps the batch dimension dynamic
+PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_GLOBALS = threading.Lock()  # MLflow's process globals, set and restored around one model logging at a time
 
 
 def log_pytorch_model(model: torch.nn.Module, header: dict, export: Path, run_id: str, tracking_uri: str,
@@ -34,15 +39,38 @@ def log_pytorch_model(model: torch.nn.Module, header: dict, export: Path, run_id
     metadata = {"arch": header["arch"], "dataset": header.get("dataset"),
                 "normalization": header.get("normalization"), "input": "normalized images, NCHW float32",
                 "orcx": Path(export).name}
-    # MLflow's model logging resolves the store and the experiment of the logged model globally
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=experiment_id)
     # no serving-input validation: it reloads the model per trial only to try a JSON list input, which
     # the pt2 flavor does not take (a warning per trial); the tests load every logged model instead
-    return mlflow.pytorch.log_model(model.eval(), name=MODEL_NAME, input_example=example.numpy(),
-                                    signature=signature, serialization_format="pt2", metadata=metadata,
-                                    extra_files=[str(export)], run_id=run_id, validate_serving_input=False,
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    with _global_store(tracking_uri, experiment_id):
+        return mlflow.pytorch.log_model(model.eval(), name=MODEL_NAME, input_example=example.numpy(),
+                                        signature=signature, serialization_format="pt2", metadata=metadata,
+                                        extra_files=[str(export)], run_id=run_id, validate_serving_input=False,
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+@contextmanager
+def _global_store(tracking_uri: str, experiment_id: str):
+    """MLflow's model logging reads the store and experiment from process globals (which also set environment
+    variables that child processes inherit): set for the call, then put back, so a library caller's own
+    MLflow setup is what it was (one call at a time). Its artifact progress bars (one per trial, amid the
+    study's lines) are off."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    with _GLOBALS:
+        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", PROGRESS_ENV)}
+        uri, experiment = utils._tracking_uri, fluent._active_experiment_id
+        try:
+            os.environ[PROGRESS_ENV] = "false"
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_experiment(experiment_id=experiment_id)
+            yield
+        finally:
+            mlflow.set_tracking_uri(uri)
+            fluent._active_experiment_id = experiment
+            for k, v in env.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def pick_front_model(rows: list[dict], trial: int | None = None, max_drop: float = 0.01) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import statistics
 import time
 import traceback
 from collections import Counter
@@ -22,9 +23,10 @@ from ..pipeline import run_pipeline
 from .mlview import write_view
 from .pareto import TEST_ATTR, export_pareto, failed_own, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
+from ..steps import step_epochs
 from .space import SearchSpace, _listed
 from .followup import RESERVE_ATTR, FollowUp, enqueue
-from .tracking import PARENT_ATTR, Tracker
+from .tracking import CREATED_ATTR, PARENT_ATTR, Tracker
 
 HEARTBEAT_ENV = "ORCHESTRATOR_HEARTBEAT_S"  # seconds between trial heartbeats (default 30; grace 3x)
 
@@ -109,14 +111,25 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
         file = sqlite_file(storage)
         raise OrchestratorError(f"no study named {space.name!r} in {storage} "
                                 f"({file} {'is a folder, not a database file' if file.is_dir() else 'does not exist'})")
-    st = storage_for(storage)
     if not create:
         try:
-            return optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space))
+            return optuna.load_study(study_name=space.name, storage=storage_for(storage), sampler=_sampler(space))
         except KeyError:
             raise OrchestratorError(f"no study named {space.name!r} in {storage}") from None
-    study = optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
-                                directions=space.directions(), load_if_exists=True)
+    return create_or_load(space, storage, start)[0]
+
+
+def create_or_load(space: SearchSpace, storage: str = DEFAULT_STORAGE, start: list | None = None):
+    """`open_study`'s study, and whether this call created it: of workers starting together exactly one
+    does (the storage's unique study name decides), and it alone creates the MLflow parent run."""
+    optuna, st = _optuna(), storage_for(storage)
+    try:
+        study = optuna.create_study(study_name=space.name, storage=st, sampler=_sampler(space),
+                                    directions=space.directions())
+        study.set_user_attr(CREATED_ATTR, time.time())
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=space.name, storage=st, sampler=_sampler(space)), False
     _check_same_space(study, space, storage)
     start = [{"params": p, "proposed_by": "start"} for p in space.sampler.points] if start is None else start
     if start and "start_enqueued" not in study.user_attrs:  # once per study, not per worker
@@ -126,7 +139,7 @@ def open_study(space: SearchSpace, storage: str = DEFAULT_STORAGE, create: bool 
             study.set_user_attr(RESERVE_ATTR, [{k: v for k, v in p.items() if k != "reserve"} for p in kept])
         for point in [p for p in start if not p.get("reserve")]:
             enqueue(study, point)
-    return study
+    return study, created
 
 
 def _started(space: SearchSpace, storage: str) -> bool:
@@ -252,9 +265,9 @@ def run_study(space: SearchSpace, *, storage: str = DEFAULT_STORAGE, data_dir=No
     counts from here: the automatic start points' measurement is part of it."""
     began = _began()
     datasets = preflight(space, data_dir, out_dir, storage, tracking_uri)
-    study = open_study(space, storage, start=start_points(space, storage, data_dir, out_dir, device))
+    study, created = create_or_load(space, storage, start_points(space, storage, data_dir, out_dir, device))
     tracker = Tracker(tracking_uri, space.name)
-    parent = tracker.parent(study, space.model_dump())
+    parent = tracker.parent(study, space.model_dump(), owner=created)
     tracker.client.update_run(parent, status="RUNNING")  # a resumed study's run is running again
     searched = [k for k, v in space.suggested().items() if not isinstance(v, list) or len(v) > 1]
     study.set_user_attr("mlflow_views", write_view(tracker.client, tracker.experiment_id, parent, space.name,
@@ -344,7 +357,9 @@ class TrialRunner:
     environmental one (disk, data, servers) stopping the study without spending budget."""
 
     OWN = ("pipeline", "mlflow_run_id", "checkpoint", "export", "timings", "proposed_by", "predicted_drop",
-           "predicted_footprint_bits", "screen_acc", "screen_footprint_bits", "follows")  # what a repeat does not copy
+           "predicted_footprint_bits", "screen_acc", "screen_footprint_bits", "follows",
+           "trained_epochs")  # what a repeat does not copy
+    ENQUEUED = ("proposed_by", "predicted_drop", "predicted_footprint_bits", "screen_acc", "follows")  # a point's own
 
     def __init__(self, space: SearchSpace, study, tracker: Tracker, parent: str, data_dir, out_dir, device,
                  progress=False, on_trial=None, datasets=()):
@@ -360,7 +375,8 @@ class TrialRunner:
         self.most_idle = max(10, space.budget.trials)  # proposals in a row that ran nothing: the study gives up
         self.idle_before = 0  # proposals that ran nothing before the last trial that trained
         self.target = space.budget.trials
-        self.deadline: float | None = None  # time.monotonic() after which no trial starts (`run`)
+        self.deadline: float | None = None  # time.monotonic() by which trials end (`run`, `late`)
+        self.out_of_time = False  # the next trial would have ended past the deadline: no more start
         vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
         self.veto = Veto(space, data_dir, device) if vetoes else None
         auto = space.sampler.start == "auto" and space.sampler.name != "grid"
@@ -385,7 +401,7 @@ class TrialRunner:
         self.deadline = (time.monotonic() if began is None else began) + minutes * 60 if minutes else None
         if trials is not None:
             self.target = min(space.budget.trials, finished(study) + trials)
-        while finished(study) < self.target and not self.exhausted():
+        while finished(study) < self.target and not self.exhausted() and not self.out_of_time:
             self.follow_up(study)  # a study resumed between a start point and its follow-up
             left = None if self.deadline is None else self.deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -429,6 +445,7 @@ class TrialRunner:
         timeout, the budget spent or taken by running trials, the study stopped or exhausted."""
         running = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
         return ((self.deadline is not None and time.monotonic() >= self.deadline) or bool(self.stopped)
+                or self.out_of_time
                 or self.exhausted() or finished(study) + running >= self.target)
 
     def stop_at_budget(self, study, _trial) -> None:  # workers share the study: stop once anyone spent the budget
@@ -462,6 +479,7 @@ class TrialRunner:
         if self.veto is not None and "proposed_by" not in trial.user_attrs:  # a sampler's proposal
             self.screen(trial)
         screen_s = time.perf_counter() - t0
+        self.check_time(trial, pipeline.model_dump())
         t0 = time.perf_counter()
         run_id = self.tracker.start_trial(self.parent, self.space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -505,6 +523,33 @@ class TrialRunner:
         self.duplicates.append(trial.number)
         return list(same.values)
 
+    def needs(self, pipeline: dict) -> float | None:
+        """Predicted seconds of a trial running `pipeline`: its epochs (all of them: an upper bound where the
+        step cache holds a step) at the finished trials' median seconds per epoch they trained, plus their
+        median seconds outside training; None before a trial has trained."""
+        done = [t.user_attrs for t in self.study.get_trials(deepcopy=False) if ran(t) and "timings" in t.user_attrs]
+        rates = [a["timings"].get("train", 0.0) / a["trained_epochs"] for a in done if a.get("trained_epochs")]
+        if not rates:
+            return None
+        outside = statistics.median(a["timings"]["trial"] - a["timings"].get("train", 0.0) for a in done)
+        return statistics.median(rates) * sum(step_epochs(s) for s in pipeline["steps"]) + outside
+
+    def check_time(self, trial, pipeline: dict) -> None:
+        """A trial predicted to end past the deadline does not start, and this worker stops: an enqueued point
+        (start, follow-up) goes back to the queue for the next run, unless no whole timeout would hold it; a
+        sampler's proposal is pruned."""
+        need = None if self.deadline is None else self.needs(pipeline)
+        if need is None or time.monotonic() + need <= self.deadline:
+            return
+        if "proposed_by" in trial.user_attrs and need <= self.space.budget.timeout_minutes * 60:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={
+                k: v for k, v in trial.user_attrs.items() if k in self.ENQUEUED})
+        self.log.info("trial %d not started: predicted to end %.0f s after the timeout; the study stops",
+                      trial.number, time.monotonic() + need - self.deadline)
+        self.out_of_time = True
+        self.study.stop()
+        raise _optuna().TrialPruned("predicted to end after the timeout")
+
     def screen(self, trial) -> None:
         """Record the proposal's screen; raise TrialPruned when a finished trial beats it (`Veto`)."""
         verdict = self.veto(self.study.get_trials(deepcopy=False), dict(trial.params))
@@ -524,7 +569,8 @@ class TrialRunner:
         val = result["steps"][-1]["eval_acc"]
         attrs = {k: f[k] for k in ("test_acc", "total_bits", "param_bits", "activation_peak_bits", "macs",
                                    "macs_sparse", "nonzero", "compression", "file_bytes", "realized")}
-        attrs.update(val_acc=val, cache_hits=result["cache_hits"], base_val_acc=base["eval_acc"],
+        attrs.update(val_acc=val, cache_hits=result["cache_hits"], trained_epochs=result["trained_epochs"],
+                     base_val_acc=base["eval_acc"],
                      base_total_bits=base["total_bits"], base_test_acc=f["base_test_acc"], checkpoint=str(ckpt),
                      export=result["export"])
         for k, v in attrs.items():
@@ -540,5 +586,5 @@ def status(study) -> dict:
     return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
 
 
-__all__ = ["DEFAULT_STORAGE", "open_study", "start_points", "run_study", "status", "storage_for", "finished",
-           "test_front"]
+__all__ = ["DEFAULT_STORAGE", "open_study", "create_or_load", "start_points", "run_study", "status", "storage_for",
+           "finished", "test_front"]

@@ -17,6 +17,7 @@ from ..errors import OrchestratorError
 from ..paths import sqlite_file
 
 PARENT_ATTR = "mlflow_parent_run_id"
+CREATED_ATTR = "created_at"  # time.time() when the study was created: how long a worker waits for its parent run
 EXPORT_TAG = "orchestrator.export_sha256"  # a trial run's exported file: `deploy --mlflow` finds the run by it
 SQLITE_ATTEMPTS = 5  # tries to open a local SQLite store that another worker may be creating
 
@@ -158,25 +159,33 @@ class Tracker:
                 raise exc
             return found.experiment_id
 
-    def parent(self, study, space_dump: dict) -> str:
-        """The study's parent run (created once, its id kept in the Optuna study)."""
-        run_id = study.user_attrs.get(PARENT_ATTR)
+    def parent(self, study, space_dump: dict, owner: bool = True, wait: float = 60.0) -> str:
+        """The study's parent run, its id kept in the Optuna study. Its creator (`owner`: the process that
+        created the study) makes it; the others wait for its id until `wait` seconds after the study was
+        created (`CREATED_ATTR`), so workers starting together share one. Past that (the creator died first), a
+        worker makes it; of several made at once, the last written wins and the others are deleted."""
+        def attrs() -> dict:
+            return study._storage.get_study_user_attrs(study._study_id)
+
+        until = 0.0 if owner else attrs().get(CREATED_ATTR, time.time()) + wait
+        while not (run_id := attrs().get(PARENT_ATTR)) and time.time() < until:
+            time.sleep(0.2)
         if run_id:
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=study.study_name,
-                                     tags={"orchestrator.study": study.study_name, "orchestrator.kind": "study"})
-        self.client.log_dict(run.info.run_id, space_dump, "search_space.json")
+        run_id = self.client.create_run(self.experiment_id, run_name=study.study_name, tags={
+            "orchestrator.study": study.study_name, "orchestrator.kind": "study"}).info.run_id
+        study.set_user_attr(PARENT_ATTR, run_id)
+        self.client.log_dict(run_id, space_dump, "search_space.json")
         from mlflow.entities import Param
 
         study_params = _flat("", {k: space_dump[k] for k in ("dataset", "base", "val_size", "objectives")}, {})
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in study_params.items()])
-        study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        # Workers starting together may each create a parent; the last one written to the study wins
-        # and the others delete theirs, so every trial nests under the same run.
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in study_params.items()])
+        if owner:
+            return run_id
         time.sleep(0.5)
-        winner = study._storage.get_study_user_attrs(study._study_id).get(PARENT_ATTR)
-        if winner != run.info.run_id:
-            self.client.delete_run(run.info.run_id)
+        winner = attrs().get(PARENT_ATTR)
+        if winner != run_id:
+            self.client.delete_run(run_id)
         return winner
 
     def start_trial(self, parent: str, study_name: str, number: int, params: dict) -> str:
