@@ -45,7 +45,7 @@ class _Step(BaseModel):
 
 def step_epochs(step: dict) -> float:
     """Training epochs of a step (its dump, {kind: config}): its fine-tune, times its rounds; a study's clock
-    (`runner.TrialRunner.late`) counts seconds per such epoch, so a method's extra passes cancel out."""
+    (`runner.TrialRunner.needs`) counts seconds per such epoch, so a method's extra passes cancel out."""
     (body,) = step.values()
     return body["finetune"]["epochs"] * body.get("rounds", 1) if "finetune" in body else body.get("epochs", 0)
 

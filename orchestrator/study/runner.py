@@ -20,10 +20,10 @@ from pathlib import Path
 from ..errors import OrchestratorError
 from ..paths import sqlite_file
 from ..pipeline import run_pipeline
+from ..steps import step_epochs
 from .mlview import write_view
 from .pareto import TEST_ATTR, export_pareto, failed_own, ran, rows
 from .preflight import DEFAULT_STORAGE, check_server, environmental, preflight  # noqa: F401  (the runner's API)
-from ..steps import step_epochs
 from .space import SearchSpace, _listed
 from .followup import RESERVE_ATTR, FollowUp, enqueue
 from .tracking import CREATED_ATTR, PARENT_ATTR, Tracker
@@ -375,7 +375,7 @@ class TrialRunner:
         self.most_idle = max(10, space.budget.trials)  # proposals in a row that ran nothing: the study gives up
         self.idle_before = 0  # proposals that ran nothing before the last trial that trained
         self.target = space.budget.trials
-        self.deadline: float | None = None  # time.monotonic() by which trials end (`run`, `late`)
+        self.deadline: float | None = None  # time.monotonic() by which trials end (`run`, `check_time`)
         self.out_of_time = False  # the next trial would have ended past the deadline: no more start
         vetoes = space.sampler.veto is not None and space.sampler.name != "grid"
         self.veto = Veto(space, data_dir, device) if vetoes else None
@@ -471,15 +471,16 @@ class TrialRunner:
 
     def run_trial(self, trial) -> list[float]:
         pipeline = self.space.suggest(trial)
-        trial.set_user_attr("pipeline", pipeline.model_dump())
-        same = same_pipeline(self.study, pipeline.model_dump())
+        dumped = pipeline.model_dump()
+        trial.set_user_attr("pipeline", dumped)
+        same = same_pipeline(self.study, dumped)
         if same is not None:
             return self.repeat(trial, same)
         t0 = time.perf_counter()
         if self.veto is not None and "proposed_by" not in trial.user_attrs:  # a sampler's proposal
             self.screen(trial)
         screen_s = time.perf_counter() - t0
-        self.check_time(trial, pipeline.model_dump())
+        self.check_time(trial, dumped)
         t0 = time.perf_counter()
         run_id = self.tracker.start_trial(self.parent, self.space.name, trial.number, dict(trial.params))
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -539,13 +540,14 @@ class TrialRunner:
         (start, follow-up) goes back to the queue for the next run, unless no whole timeout would hold it; a
         sampler's proposal is pruned."""
         need = None if self.deadline is None else self.needs(pipeline)
-        if need is None or time.monotonic() + need <= self.deadline:
+        over = None if need is None else time.monotonic() + need - self.deadline
+        if over is None or over <= 0:
             return
         if "proposed_by" in trial.user_attrs and need <= self.space.budget.timeout_minutes * 60:
             self.study.enqueue_trial(dict(trial.params), user_attrs={
                 k: v for k, v in trial.user_attrs.items() if k in self.ENQUEUED})
         self.log.info("trial %d not started: predicted to end %.0f s after the timeout; the study stops",
-                      trial.number, time.monotonic() + need - self.deadline)
+                      trial.number, over)
         self.out_of_time = True
         self.study.stop()
         raise _optuna().TrialPruned("predicted to end after the timeout")
