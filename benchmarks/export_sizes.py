@@ -23,20 +23,18 @@ from orchestrator.pruning.core import finalize_, prunable_layers, prune_global_m
 from orchestrator.qformat import quantize_weight_
 from orchestrator.train import evaluate
 
-VARIANTS = {  # name: (global sparsity, weight format, bits)
-    "dense fp32": (0.0, None, None), "fp16": (0.0, "fp16", None), "int8": (0.0, "int", 8),
-    "int4": (0.0, "int", 4), "binary": (0.0, "binary", None), "50% sparse": (0.5, None, None),
-    "90% sparse": (0.9, None, None), "90% sparse + int4": (0.9, "int", 4),
+VARIANTS = {  # name: (global sparsity, weight precision in bits)
+    "dense fp32": (0.0, 32), "fp16": (0.0, 16), "int8": (0.0, 8), "int4": (0.0, 4), "binary": (0.0, 1),
+    "50% sparse": (0.5, 32), "90% sparse": (0.9, 32), "90% sparse + int4": (0.9, 4),
 }
 
 
-def make_variant(path, sparsity, fmt, bits):
+def make_variant(path, sparsity, bits):
     model, ckpt = load_model(path)
     if sparsity:
         finalize_(prune_global_magnitude_(model, sparsity))
-    if fmt:
-        for m in prunable_layers(model).values():
-            quantize_weight_(m, fmt, bits)
+    for m in prunable_layers(model).values():
+        quantize_weight_(m, bits)
     return model.eval(), ckpt
 
 

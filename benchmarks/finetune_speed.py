@@ -31,7 +31,7 @@ class CheckedFakeQuant(WeightFakeQuant):
     def forward(self, w):
         if self.mask is not None:
             w = w * self.mask
-        _, _, q = quantize_tensor(w.detach(), self.fmt, self.bits, self.clip)
+        _, _, q = quantize_tensor(w.detach(), self.bits, self.clip)
         return w + (q - w).detach()
 
 
@@ -47,15 +47,15 @@ def variants(args, device):
 
         student, qat, checked = pruned(), finalize_(pruned()), finalize_(pruned())
         for module in prunable_layers(qat).values():
-            fake_quantize_weight_(module, "int", 4)
+            fake_quantize_weight_(module, 4)
         for module in prunable_layers(checked).values():  # the weight bits validated in every forward pass
-            fake_quantize_weight_(module, "int", 4)        # (before: quantize_tensor's pydantic check per step)
+            fake_quantize_weight_(module, 4)        # (before: quantize_tensor's pydantic check per step)
             module.parametrizations.weight[0].__class__ = CheckedFakeQuant
         qat_act = {}  # W4A4: activation fake quantization in place (QAT's path) or as traceable tensor ops,
         for fused, clip in ((True, False), (False, False), (True, True)):  # with max or least-squares ranges
             qat_act[fused, clip] = finalize_(pruned())
             for k, module in enumerate(prunable_layers(qat_act[fused, clip]).values()):
-                fake_quantize_weight_(module, "int", 4)
+                fake_quantize_weight_(module, 4)
                 if k:  # the first conv reads the image
                     attach_act_quant_(module, 4, clip=clip).fused = fused
         t = copy.deepcopy(teacher).to(memory_format=mf)

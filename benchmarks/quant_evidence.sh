@@ -15,9 +15,9 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if part ptq; then
 # Accuracy vs weight bits, post-training (first conv and classifier keep 8 bits unless stated).
-step "$OUT/q-ptq-fp16.pt" $O quantize "$R20" --format fp16 $Q --out "$OUT/q-ptq-fp16.pt"
+step "$OUT/q-ptq-fp16.pt" $O quantize "$R20" --bits 16 $Q --out "$OUT/q-ptq-fp16.pt"
 for b in 8 4 3 2; do step "$OUT/q-ptq-w$b.pt" $O quantize "$R20" --bits $b $Q --out "$OUT/q-ptq-w$b.pt"; done
-step "$OUT/q-ptq-binary.pt" $O quantize "$R20" --format binary $Q --out "$OUT/q-ptq-binary.pt"
+step "$OUT/q-ptq-binary.pt" $O quantize "$R20" --bits 1 $Q --out "$OUT/q-ptq-binary.pt"
 step "$OUT/q-ptq-w8a8.pt" $O quantize "$R20" --bits 8 --act-bits 8 $Q --out "$OUT/q-ptq-w8a8.pt"
 fi
 if part kd; then
@@ -37,6 +37,6 @@ if part qat; then
 for b in 4 2; do
   step "$OUT/q-qat-w$b.pt" $O quantize "$R20" --method qat --bits $b --finetune-epochs 1 $Q --out "$OUT/q-qat-w$b.pt"
 done
-step "$OUT/q-qat-binary.pt" $O quantize "$R20" --method qat --format binary --finetune-epochs 1 $Q --out "$OUT/q-qat-binary.pt"
+step "$OUT/q-qat-binary.pt" $O quantize "$R20" --method qat --bits 1 --finetune-epochs 1 $Q --out "$OUT/q-qat-binary.pt"
 step "$OUT/q-qat-w4a4.pt" $O quantize "$R20" --method qat --bits 4 --act-bits 4 --finetune-epochs 1 $Q --out "$OUT/q-qat-w4a4.pt"
 fi

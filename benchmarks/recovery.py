@@ -19,7 +19,7 @@ from orchestrator.pipeline import PipelineConfig, run_pipeline
 
 def pipeline(args, epochs: float, kd: bool) -> PipelineConfig:
     ft = {"epochs": epochs, "lr": args.lr, "kd": {} if kd and epochs else None}
-    q = {"method": "qat" if epochs else "ptq", "format": "int", "bits": args.bits, "act_bits": args.act_bits,
+    q = {"method": "qat" if epochs else "ptq", "bits": args.bits, "act_bits": args.act_bits,
          "finetune": ft}
     return PipelineConfig(base=args.base, val_size=args.val_size, steps=[
         {"prune": {"method": "global_magnitude", "ratio": args.ratio, "finetune": ft}}, {"quantize": q}])

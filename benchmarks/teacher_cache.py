@@ -21,7 +21,7 @@ from orchestrator.pipeline import PipelineConfig, run_pipeline
 
 def pipeline(args) -> PipelineConfig:
     ft = {"epochs": args.epochs, "lr": 0.01, "batch_size": 128, "kd": {}}
-    q = {"method": "qat", "format": "int", "bits": 4, "act_bits": 8, "act_scale": "mse", "finetune": ft,
+    q = {"method": "qat", "bits": 4, "act_bits": 8, "act_scale": "mse", "finetune": ft,
          "group_act_bits": {"stage1": 4, "stage2": 4}}
     return PipelineConfig(base=args.base, val_size=5000, steps=[
         {"prune": {"method": "global_magnitude", "ratio": args.ratio, "finetune": ft}}, {"quantize": q}])

@@ -12,7 +12,7 @@ With `int8`, the layers whose weights are integer codes of 8 bits or fewer run i
 observers on training images). The codes fit int8, so those weights are kept up to the int8 grid's rounding;
 the model's own activation quantizers (k bits, its calibrated ranges) are replaced by XNNPACK's int8 ones,
 so the program is a different model from the `.orcx` at activation bits below 8: its accuracy is measured,
-not assumed. Layers in a float format (fp32, fp16, bf16) stay fp32, and say so.
+not assumed. Layers in a float format (fp32, fp16) stay fp32, and say so.
 
 Checks, on the test set: the runtime's logits against the reference model's (max difference, argmax agreement,
 both accuracies); ExecuTorch's memory plan (the planned buffer of the activations) against this product's

@@ -5,13 +5,17 @@ quantizer's training code.
 
 A quantized conv/linear module keeps a float `weight` that holds exactly the representable values
 (dequantized), and says how they are stored:
-- `weight_format`: "int" (symmetric per-output-channel, k bits), "binary" (sign x per-channel scale),
-  "fp16" or "bf16";
-- `weight_bits`: bits per stored value;
+- `weight_format`: "int" (symmetric per-output-channel, k bits), "binary" (sign x per-channel scale) or
+  "fp16", the format `format_of` gives its precision;
+- `weight_bits`: bits per stored value, the precision (`WeightBits`);
 - buffer `weight_scale` (one fp32 per output channel) for "int" and "binary".
 Zeros (pruned weights) stay exactly zero in every format, so pruning and quantization compose.
 A layer whose input is quantized carries an `act_quant` (`ActQuant`: k bits, calibrated range).
 `weight_spec` / `set_weight_spec_` read and write the weight side, so no caller probes attributes.
+
+This module is the one home of precision: `WeightBits` (bits per stored weight: 32 fp32, 16 fp16, 2..8 int,
+1 binary; each format declares its own) and `ActBits` (bits per activation: 32 float maps, or 2..16) are the
+one encoding of configs, search spaces, the CLI, records and MLflow.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import OrchestratorError
-from .values import IntWeightBits, check
+from .values import check, one_of
 
 
 def pack_bits(values: np.ndarray, k: int) -> bytes:
@@ -118,7 +122,7 @@ class WeightFormat:
     round: Callable  # (weight, bits) -> (codes, per-channel scale) for scaled formats; a float quantizer otherwise
     encode: Callable  # (codes or float values, bits) -> the bytes of an export's value stream
     decode: Callable  # (bytes, count, bits) -> the values `encode` wrote
-    fixed_bits: int | None = None  # None: the bits are a parameter (validated as `IntWeightBits`)
+    precisions: tuple[int, ...]  # the weight precisions (bits per value) stored in this format
     scaled: bool = True
     dtype: str | None = None  # torch dtype name of stored float values: also the format's name in an export file
 
@@ -127,25 +131,32 @@ class WeightFormat:
         """The format's name in an export header (kept from the first file version: float formats by dtype)."""
         return self.dtype or self.name
 
-    def bits(self, bits) -> int:
-        return check(IntWeightBits, bits, "weight bits") if self.fixed_bits is None else self.fixed_bits
-
     def nbytes(self, bits: int, count: int) -> int:
         """Length of `encode` for `count` values (bits as recorded, not validated: a header is checked by its use)."""
-        return (count * (self.fixed_bits or bits) + 7) // 8
+        return (count * bits + 7) // 8
 
 
-WEIGHT_FORMATS = {f.name: f for f in (
-    WeightFormat("int", _int, _pack_int, _unpack_int),
-    WeightFormat("binary", _binary, _pack_sign, _unpack_sign, fixed_bits=1),
-    WeightFormat("fp16", _float(torch.float16), *_raw(torch.float16), fixed_bits=16, scaled=False, dtype="float16"),
-    WeightFormat("bf16", _float(torch.bfloat16), *_raw(torch.bfloat16), fixed_bits=16, scaled=False,
-                 dtype="bfloat16"),
+FP32 = WeightFormat("fp32", _float(torch.float32), *_raw(torch.float32), (32,), scaled=False, dtype="float32")
+WEIGHT_FORMATS = {f.name: f for f in (  # the quantized formats, widest first (fp32: weights left as they are)
+    WeightFormat("fp16", _float(torch.float16), *_raw(torch.float16), (16,), scaled=False, dtype="float16"),
+    WeightFormat("int", _int, _pack_int, _unpack_int, tuple(range(8, 1, -1))),
+    WeightFormat("binary", _binary, _pack_sign, _unpack_sign, (1,)),
 )}
-FORMATS = tuple(WEIGHT_FORMATS)
-SCALED_FORMATS = tuple(n for n, f in WEIGHT_FORMATS.items() if f.scaled)  # integer codes x per-channel scale
-FP32 = WeightFormat("fp32", _float(torch.float32), *_raw(torch.float32), fixed_bits=32, scaled=False, dtype="float32")
 STORED = {f.stored: f for f in (*WEIGHT_FORMATS.values(), FP32)}  # export header name -> format (fp32: unquantized)
+_BY_BITS = {b: f for f in (FP32, *WEIGHT_FORMATS.values()) for b in f.precisions}
+WEIGHT_BITS = tuple(_BY_BITS)  # every weight precision: 32, 16, 8..2, 1
+
+
+def _described(f: WeightFormat) -> str:
+    p = f.precisions
+    return f"{p[-1]}..{p[0]} ({f.name})" if len(p) > 1 else f"{p[0]} ({f.name})"
+
+
+WEIGHT_DESCRIPTION = ", ".join(map(_described, (FP32, *WEIGHT_FORMATS.values())))  # 32 (fp32), ..., 1 (binary)
+WeightBits = one_of(WEIGHT_BITS, "weight bits", WEIGHT_DESCRIPTION)
+FLOAT = 32  # float maps, in the one encoding of activation bits
+ACT_BITS = (FLOAT, *range(16, 1, -1))
+ActBits = one_of(ACT_BITS, "activation bits", "32 (float) or 2..16")
 
 
 def stored_format(module: nn.Module | None, t: torch.Tensor) -> WeightFormat:
@@ -158,15 +169,20 @@ def stored_format(module: nn.Module | None, t: torch.Tensor) -> WeightFormat:
 
 
 def weight_format(fmt: str) -> WeightFormat:
+    """A quantized format by its name (as a checkpoint records it)."""
     if fmt not in WEIGHT_FORMATS:
-        raise OrchestratorError(f"unknown weight format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise OrchestratorError(f"unknown weight format {fmt!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
     return WEIGHT_FORMATS[fmt]
 
 
-def quantize_tensor(w: torch.Tensor, fmt: str, bits: int | None = None, clip: bool = False):
+def format_of(bits) -> WeightFormat:
+    """The format that stores weight precision `bits` (validated as `WeightBits`; 32: fp32, weights as they are)."""
+    return _BY_BITS[check(WeightBits, bits, "weight bits")]
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, clip: bool = False):
     """(integer codes or None, per-channel scale or None, dequantized float tensor); `clip`: least-squares ranges."""
-    handler = weight_format(fmt)
-    return rounded(w, handler, handler.bits(bits), clip)
+    return rounded(w, format_of(bits), bits, clip)
 
 
 def rounded(w: torch.Tensor, handler: WeightFormat, bits: int | None, clip: bool = False):
@@ -178,18 +194,16 @@ def rounded(w: torch.Tensor, handler: WeightFormat, bits: int | None, clip: bool
     return codes.reshape(w.shape).to(torch.int32), scale, deq
 
 
-def check_bits(fmt: str, bits) -> int:
-    return weight_format(fmt).bits(bits)
-
-
 @torch.no_grad()
-def quantize_weight_(module: nn.Module, fmt: str, bits: int | None = None, clip: bool = False) -> nn.Module:
-    """Round `module.weight` to `fmt` in place and record how it is stored."""
-    bits = check_bits(fmt, bits)
+def quantize_weight_(module: nn.Module, bits: int, clip: bool = False) -> nn.Module:
+    """Round `module.weight` to precision `bits` in place and record how it is stored (32: left as it is)."""
+    fmt = format_of(bits)
+    if fmt is FP32:
+        return module
     target = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    _, scale, deq = quantize_tensor(module.weight, fmt, bits, clip)
+    _, scale, deq = rounded(module.weight, fmt, bits, clip)
     target.copy_(deq)
-    module.weight_format, module.weight_bits = fmt, bits
+    module.weight_format, module.weight_bits = fmt.name, bits
     if scale is not None:  # registered, or replaced when it is already a buffer
         module.register_buffer("weight_scale", scale)
     return module

@@ -16,7 +16,7 @@ from .errors import UNION_TAGS
 from .finetune import FinetuneConfig
 from .pruning import METHODS
 from .quant import QuantConfig
-from .values import ActBits
+from .qformat import ActBits
 from .yamlio import read_mapping
 
 STEPS = ("prune", "finetune", "quantize")

@@ -37,7 +37,7 @@ def test_every_candidate_costs_what_the_real_model_measures(base, cifar10_dir, t
     table = {"baseline": 0.5, "prune": {m: {g: {"0.0": 0.0} for g in ("stem", "stage1", "stage2", "stage3",
                                                                          "classifier")} for m in DIMS["method"]},
              "weights": {}, "acts": {}}
-    table["weights"] = {g: {f"int:{b}": 0.0 for b in (2, 4, 8)} for g in table["prune"]["l1_filter"]}
+    table["weights"] = {g: {str(b): 0.0 for b in (2, 4, 8)} for g in table["prune"]["l1_filter"]}
     table["acts"] = {g: {"4": 0.0, "8": 0.0} for g in table["prune"]["l1_filter"]}
     c = autostart.candidates(space, model, table, autostart.Plans(space, model))
     assert len(c["footprint"]) == 2 * 2 * 2 * 2 * 2  # method x ratio x bits x bits_stage1 x act_stage1

@@ -102,24 +102,24 @@ def test_persistence_reads_the_representation_without_the_quantizer_training_cod
     assert out.strip() == "[]", out
 
 
-def test_every_weight_format_is_named_alike_in_the_cli_the_config_and_the_export():
-    """qformat's registry is the one list of weight formats: `quantize --format` offers exactly it (the CLI
-    keeps its own literal list so `--help` does not import torch), QuantConfig accepts it (plus fp32,
-    weights untouched), and every format round-trips its export stream bit for bit."""
-    import typing
-
+def test_every_weight_precision_has_one_format_and_every_format_round_trips_its_stream():
+    """qformat's registry is the one list of weight formats: their precisions partition `WeightBits` (each
+    precision one format, no format without one), `quantize --bits` takes exactly those, and every format
+    round-trips its export stream bit for bit."""
     import torch
 
-    from orchestrator.cli.pipelines import quantize_cmd
-    from orchestrator.qformat import FORMATS, STORED, WEIGHT_FORMATS
-    from orchestrator.quant import QuantConfig
+    from conftest import run
+    from orchestrator.qformat import STORED, WEIGHT_BITS, WEIGHT_FORMATS, format_of
 
-    option = next(p for p in quantize_cmd.params if p.name == "fmt")
-    assert tuple(option.type.choices) == FORMATS
-    assert typing.get_args(QuantConfig.model_fields["format"].annotation) == (*FORMATS, "fp32")
+    precisions = [b for f in STORED.values() for b in f.precisions]
+    assert sorted(precisions) == sorted(WEIGHT_BITS) and len(set(precisions)) == len(precisions)
+    assert {format_of(b).name for b in WEIGHT_BITS} == {f.name for f in STORED.values()}
+    for bits in (*WEIGHT_BITS, 0, 9, 12):
+        out = run("quantize", "nowhere.pt", "--bits", bits).output
+        assert ("is not allowed" in out) == (bits not in WEIGHT_BITS), out
     g = torch.Generator().manual_seed(0)
     for fmt in STORED.values():
-        bits = fmt.fixed_bits or 5
+        bits = fmt.precisions[len(fmt.precisions) // 2]  # 5 for int
         w = torch.randn(3, 7, generator=g)
         w[0, :3] = 0  # pruned weights: code 0 (binary stores their sign bit, the mask or index restores the zero)
         values = fmt.round(w, bits)[0].reshape(-1) if fmt.scaled else fmt.round(w, bits)[2].reshape(-1)

@@ -134,7 +134,7 @@ def test_int8_runs_the_integer_layers_in_int8_kernels_and_keeps_a_float_format_l
     model, ckpt = load_model(base)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for n in layers:
-        quantize_weight_(model.get_submodule(n), "fp16" if n == layers[2] else "int", 4)
+        quantize_weight_(model.get_submodule(n), 16 if n == layers[2] else 4)
     assert int8_layers(model) == [n for n in layers if n != layers[2]]
     graph = _int8_graph(model, int8_layers(model), load_split("cifar10", "train", cifar10_dir).head(16),
                         ckpt.normalization)

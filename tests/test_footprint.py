@@ -120,17 +120,15 @@ def test_masks_attached_or_removed_give_the_same_footprint():
 def _variant(name):
     torch.manual_seed(0)
     model = with_bn_stats(build_model("resnet20"))
-    sparsity, fmt, bits = {"fp32": (0, None, None), "fp16": (0, "fp16", None), "int8": (0, "int", 8),
-                           "int4": (0, "int", 4), "binary": (0, "binary", None),
-                           "sparse50": (0.5, None, None), "sparse90": (0.9, None, None),
-                           "sparse90-int4": (0.9, "int", 4), "sparse90-binary": (0.9, "binary", None)}[name]
+    sparsity, bits = {"fp32": (0, 32), "fp16": (0, 16), "int8": (0, 8), "int4": (0, 4), "binary": (0, 1),
+                      "sparse50": (0.5, 32), "sparse90": (0.9, 32), "sparse90-int4": (0.9, 4),
+                      "sparse90-binary": (0.9, 1)}[name]
     if sparsity:
         for m, n in _global_prune(model, sparsity):
             prune.remove(m, n)
-    if fmt:
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                quantize_weight_(m, fmt, bits)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            quantize_weight_(m, bits)
     return model
 
 
@@ -177,11 +175,10 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="cannot export a Toy"):
         export(Toy(), tmp_path / "toy.orcx")
     conv = nn.Conv2d(3, 3, 3)
-    for bits in (0, 1, 12, 33, "eight"):  # 12: int codes stop at 8, as in every search space
-        with pytest.raises(OrchestratorError, match=f"weight bits={bits!r} is not allowed; allowed: integers 2..8"):
-            quantize_weight_(conv, "int", bits)
-    with pytest.raises(OrchestratorError, match="unknown weight format 'int3'"):
-        quantize_weight_(conv, "int3")
+    for bits in (0, 12, 33, "eight", "int3"):  # 12: int codes stop at 8, as in every search space
+        with pytest.raises(OrchestratorError, match=f"weight bits={bits!r} is not allowed; allowed: 32 \\(fp32\\), "
+                                                    r"16 \(fp16\), 2..8 \(int\), 1 \(binary\)"):
+            quantize_weight_(conv, bits)
     with pytest.raises(OrchestratorError, match="batch=-1 must be an integer >= 1"):
         measure(Toy(), batch=-1)
     with pytest.raises(OrchestratorError, match="act_bits=0"):
@@ -211,7 +208,7 @@ def test_the_file_proves_the_footprint_at_the_sizes_a_front_reaches(tmp_path):
         prune.remove(m, n)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            quantize_weight_(m, "int", 2)
+            quantize_weight_(m, 2)
     info = export(model, tmp_path / "m.orcx", normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
     assert info["accounted_bytes"] >= 20_000
     assert info["file_bytes"] <= 1.02 * info["accounted_bytes"], info

@@ -46,7 +46,7 @@ def test_fake_quant_has_at_most_2_to_the_k_values_per_channel_and_passes_gradien
     torch.manual_seed(0)
     w = torch.randn(6, 4, 3, 3, requires_grad=True)
     for bits in (2, 3, 4):
-        q = WeightFakeQuant("int", bits)(w)
+        q = WeightFakeQuant(bits)(w)
         assert all(len(ch.unique()) <= 2 ** bits for ch in q)
         grad = torch.randn_like(q)
         w.grad = None
@@ -87,7 +87,7 @@ def test_binary_weights_are_plus_minus_scale_and_pruned_zeros_survive_qat():
     torch.manual_seed(0)
     model = finalize_(prune_(build_model("resnet8", width_mult=0.5), {"method": "global_magnitude", "ratio": 0.5}))
     zeros = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
-    quantize_(model, {"method": "qat", "format": "binary", "finetune": {"epochs": 1, "batch_size": 16}}, toy_data())
+    quantize_(model, {"method": "qat", "bits": 1, "finetune": {"epochs": 1, "batch_size": 16}}, toy_data())
     conv = model.layer2[0].conv1
     assert conv.weight_format == "binary" and conv.weight_bits == 1
     for c, ch in enumerate(conv.weight):
@@ -186,16 +186,16 @@ def test_least_squares_clipping_picks_the_hand_computed_scale_and_never_loses_to
     # 2 bits (codes -1, 0, 1): max scaling (s = 10) rounds the six 3s to 0, error 6 x 9 = 54; the error
     # 6 (s - 3)^2 + (10 - s)^2 is least at s = 4 (42), a candidate range (0.4 x max)
     w = torch.tensor([[3.0] * 6 + [10.0]])
-    codes, scale, deq = quantize_tensor(w, "int", 2, clip=True)
+    codes, scale, deq = quantize_tensor(w, 2, clip=True)
     assert scale.item() == pytest.approx(4.0) and codes.tolist() == [[1] * 7]
     assert ((deq - w) ** 2).sum().item() == pytest.approx(42.0)
-    assert ((quantize_tensor(w, "int", 2)[2] - w) ** 2).sum().item() == pytest.approx(54.0)
+    assert ((quantize_tensor(w, 2)[2] - w) ** 2).sum().item() == pytest.approx(54.0)
     torch.manual_seed(0)
     w = torch.randn(8, 16, 3, 3) * (torch.rand(8, 16, 3, 3) > 0.7)  # pruned: zeros must stay zeros
     for bits in (2, 3, 4, 8):
-        err = {clip: ((quantize_tensor(w, "int", bits, clip)[2] - w) ** 2).flatten(1).sum(1) for clip in (False, True)}
+        err = {clip: ((quantize_tensor(w, bits, clip)[2] - w) ** 2).flatten(1).sum(1) for clip in (False, True)}
         assert (err[True] <= err[False] + 1e-6).all()  # max |w| is one of the candidates, per channel
-        assert (quantize_tensor(w, "int", bits, True)[2][w == 0] == 0).all()
+        assert (quantize_tensor(w, bits, True)[2][w == 0] == 0).all()
 
 
 def test_clipped_weights_survive_qat_checkpoint_and_export_exactly(tmp_path):

@@ -58,8 +58,10 @@ def test_group_bits_set_the_bits_of_every_layer_of_the_group():
     model = build_model("resnet20")
     plan = QuantConfig(bits=4, group_bits={"stage3": 2, "stem": 6}).plan(model)
     groups = layer_groups(model)
-    assert {plan[n] for n in groups["stage3"]} == {("int", 2)} and plan["conv1"] == ("int", 6)
-    assert {plan[n] for n in groups["stage1"]} == {("int", 4)} and plan["linear"] == ("int", 8)  # ends_bits
+    assert {plan[n] for n in groups["stage3"]} == {2} and plan["conv1"] == 6
+    assert {plan[n] for n in groups["stage1"]} == {4} and plan["linear"] == 8  # ends_bits
+    plan = QuantConfig(bits=16, group_bits={"stage3": 1}).plan(model)  # ends keep 8 bits only for int/binary
+    assert {plan[n] for n in groups["stage3"]} == {1} and plan["conv1"] == plan["linear"] == 16
     with pytest.raises(OrchestratorError, match="group_bits names group 'head'"):
         QuantConfig(group_bits={"head": 4}).plan(model)
 
@@ -86,7 +88,7 @@ def test_a_fraction_of_an_epoch_runs_that_share_of_the_steps(cifar10_dir):
 def test_space_keys_are_checked_before_any_trial(tmp_path, base, cifar10_dir):
     for over, pattern in (({"ratio": {"low": 0.5, "high": 0.9, "step": 0.07}}, "step=0.07 does not divide"),
                           ({"finetune_epochs": [-0.5]}, "'dimensions.finetune_epochs.0': .*greater than or equal to 0"),
-                          ({"group_bits": {"stage1": 1}}, "group_bits.stage1"),
+                          ({"group_bits": {"stage1": 12}}, "group_bits.stage1"),
                           ({"group_scale": {"stage1": []}}, "group_scale.stage1"),
                           ({"channels": {"method": "global_magnitude"}}, "not a structured method")):
         one_line_error(run("study", "run", space_file(tmp_path, base, dimensions=over), "--data-dir", cifar10_dir),

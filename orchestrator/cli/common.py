@@ -66,7 +66,7 @@ class _Echo(logging.Handler):
 
 
 class Bits(click.ParamType):
-    """Integer bits checked by the one rule configs use (`values.IntWeightBits`, or `values.ActIntBits` for
+    """Integer bits checked by the one rule configs use (`qformat.WeightBits`, or `qformat.ActBits` for
     activations); 'none' allowed where it means "not set"."""
 
     name = "bits"
@@ -75,7 +75,8 @@ class Bits(click.ParamType):
         self.allow_none, self.activations = allow_none, activations
 
     def convert(self, value, param, ctx):
-        from ..values import ActIntBits, IntWeightBits, check
+        from ..qformat import ActBits, WeightBits
+        from ..values import check
 
         if value is None or isinstance(value, int):
             return value
@@ -83,7 +84,7 @@ class Bits(click.ParamType):
             return None
         text = str(value).strip()
         try:
-            kind = ActIntBits if self.activations else IntWeightBits
+            kind = ActBits if self.activations else WeightBits
             return check(kind, int(text) if text.lstrip("-").isdigit() else text, param.opts[0] if param else "bits")
         except OrchestratorError as exc:
             self.fail(str(exc), param, ctx)

@@ -51,9 +51,10 @@ def _layer_bits(text):
 @main.command("quantize")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--method", type=click.Choice(["ptq", "qat"]), default="ptq", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["int", "binary", "fp16", "bf16"]), default="int", show_default=True)
-@click.option("--bits", type=Bits(), default=8, show_default=True, help="Weight bits for --format int (2..8).")
-@click.option("--act-bits", type=Bits(activations=True), default=None, help="Quantize activations to this many bits (2..16).")
+@click.option("--bits", type=Bits(), default=8, show_default=True,
+              help="Weight precision: 16 (fp16), 2..8 (int), 1 (binary), 32 (weights as they are).")
+@click.option("--act-bits", type=Bits(activations=True), default=32, show_default=True,
+              help="Activation bits: 2..16, or 32 (float).")
 @click.option("--layer-bits", default=None, help="Per-layer weight bits, e.g. layer1.0.conv1=2,linear=8.")
 @click.option("--ends-bits", type=Bits(allow_none=True), default=8, show_default=True,
               help="Bits of the first conv and classifier ('none': like the rest).")
@@ -63,15 +64,16 @@ def _layer_bits(text):
 @with_options(pipeline_options)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default: runs/<name>-<method>.pt")
 @_one_line_errors
-def quantize_cmd(checkpoint, method, fmt, bits, act_bits, layer_bits, ends_bits, finetune_epochs, teacher,
+def quantize_cmd(checkpoint, method, bits, act_bits, layer_bits, ends_bits, finetune_epochs, teacher,
                  config_file, data_dir, val_size, device, quiet, out):
     """Quantize a checkpoint (post-training or QAT), export it, report accuracy and footprint."""
     from ..pipeline import PipelineConfig
 
     cfg = read_yaml(config_file, "quantization config")
-    cfg.update({"method": method, "format": fmt, "bits": bits, "ends_bits": ends_bits})
-    if act_bits is not None:
-        cfg["act_bits"] = act_bits
+    source = click.get_current_context().get_parameter_source
+    given = {"method": method, "bits": bits, "ends_bits": ends_bits, "act_bits": act_bits}
+    cfg.update({k: v for k, v in given.items()  # a config file's values win over the options' defaults
+                if k not in cfg or source(k) is not click.core.ParameterSource.DEFAULT})
     if layer_bits:
         cfg["layer_bits"] = _layer_bits(layer_bits)
     if finetune_epochs is not None:

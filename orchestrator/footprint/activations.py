@@ -27,8 +27,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import OrchestratorError
-from ..qformat import act_quant_of
-from ..values import ActBits, check
+from ..qformat import ActBits, act_quant_of
+from ..values import check
 
 VIEW_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem}
 VIEW_METHODS = {"view", "flatten", "reshape", "squeeze", "unsqueeze", "contiguous", "view_as", "expand"}

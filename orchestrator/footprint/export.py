@@ -9,7 +9,7 @@ model (version 1's plain JSON header was 8.6 KB; version 1 files still load). Th
 tensor of the accounting, in order, its streams:
   scales   fp32 per output channel (quantized formats)
   mask     1 bit per element (bitmask encoding) | gaps: k bits per entry (relative-index encoding)
-  values   one value per stored element: raw fp32/fp16/bf16, k-bit two's complement codes ("int"),
+  values   one value per stored element: raw fp32/fp16, k-bit two's complement codes ("int"),
            or 1 sign bit ("binary")
 Every stream is bit-packed and padded to a whole byte, so the payload exceeds the accounted bits by
 at most 3 bytes per tensor; the header is reported separately.
@@ -230,6 +230,6 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         shaped = scale.view(-1, *([1] * (t.dim() - 1)))
         t = (t.float() * shaped).reshape(e["shape"])
         set_weight_spec_(module, fmt.name, bits, scale)
-    elif fmt.name in WEIGHT_FORMATS and e["kind"] == "weight":  # a float format (fp16, bf16); fp32 has no spec
-        set_weight_spec_(module, fmt.name, fmt.fixed_bits)
+    elif fmt.name in WEIGHT_FORMATS and e["kind"] == "weight":  # a float format (fp16); fp32 has no spec
+        set_weight_spec_(module, fmt.name, fmt.precisions[0])
     getattr(module, attr).copy_(t.float())

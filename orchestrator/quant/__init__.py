@@ -1,10 +1,10 @@
 """`quantize_(model, config, data=None)`: post-training quantization (PTQ) and quantization-aware training (QAT).
 
-Weights are quantized per output channel (symmetric int k bits, binary +-scale, or fp16/bf16);
-`layer_bits` gives a bit-width per layer name (mixed precision, what studies search over). By
+Weights are quantized per output channel to a precision in bits (`qformat.WeightBits`: 16 fp16, 8..2
+symmetric int, 1 binary +-scale; 32 leaves them as they are); `layer_bits` gives a precision per layer name (mixed precision, what studies search over). By
 default the first conv and the classifier keep 8 bits (`ends_bits`), as in most of the low-bit
 literature, since they are small and the most sensitive. Activations (each conv/linear input) are
-quantized to `act_bits` with ranges calibrated on a few training batches (PTQ) or learned during
+quantized to `act_bits` (32: float) with ranges calibrated on a few training batches (PTQ) or learned during
 QAT. The result carries `weight_format`/`weight_bits`/`weight_scale`, which footprint and export
 read, and `act_bits`, which footprint uses for the feature maps.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import OrchestratorError
@@ -22,24 +22,22 @@ from ..loader import first_batches
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..qformat import (FORMATS, SCALED_FORMATS, ActQuant, attach_act_quant_, check_bits, quantize_weight_,
-                       set_act_bits_)
-from ..values import ActIntBits, IntWeightBits, check, precision_bits
+from ..qformat import (FLOAT, WEIGHT_DESCRIPTION, ActBits, ActQuant, WeightBits, attach_act_quant_, format_of,
+                       quantize_weight_, set_act_bits_)
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
-Format = Literal[(*FORMATS, "fp32")]  # qformat's weight formats; fp32: weights untouched (activations only)
+LEGACY_FORMATS = {"fp32": 32, "fp16": 16, "binary": 1}  # the (format, bits) encoding of older records
 
 
 class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["ptq", "qat"] = "ptq"
-    format: Format = "int"  # weight storage format
-    bits: int = 8  # weight bits for "int" (`IntWeightBits`: 2..8); binary is 1, fp16/bf16 are 16 (then ignored)
-    layer_bits: dict[str, IntWeightBits] = {}  # per layer name: int bits, overriding `bits` (mixed precision)
-    group_bits: dict[str, IntWeightBits] = {}  # per layer group (stem, stage1.., classifier): int bits; layer_bits win
-    ends_bits: IntWeightBits | None = 8  # first conv and classifier; None: like the others
-    act_bits: ActIntBits | None = None  # activations (conv/linear inputs); None: float
-    group_act_bits: dict[str, ActIntBits] = {}  # per layer group: activation bits of its layers' inputs (needs act_bits)
+    bits: WeightBits = 8  # weight precision: 16 fp16, 8..2 int, 1 binary, 32 weights left as they are
+    layer_bits: dict[str, WeightBits] = {}  # per layer name: its precision, overriding `bits` (mixed precision)
+    group_bits: dict[str, WeightBits] = {}  # per layer group (stem, stage1.., classifier); layer_bits win
+    ends_bits: WeightBits | None = 8  # first conv and classifier when `bits` is int or binary; None: like the others
+    act_bits: ActBits = FLOAT  # activations (conv/linear inputs): 2..16, 32 float
+    group_act_bits: dict[str, ActBits] = {}  # per layer group: bits of its layers' inputs (needs act_bits < 32)
     weight_scale: Literal["max", "mse"] = "max"  # int codes' per-channel range: max |w|, or the clipped range
     # of least squared error (searched per channel; much better at 2-3 bits, also during QAT)
     act_scale: Literal["max", "mse"] = "max"  # activation ranges: the running max |x|, or the running range of
@@ -47,25 +45,34 @@ class QuantConfig(BaseModel):
     calibration_images: int = Field(512, ge=1)  # PTQ activation ranges from this many training images
     finetune: FinetuneConfig = FinetuneConfig()  # QAT: training with fake quantization (kd allowed)
 
-    @model_validator(mode="after")
-    def _int_bits(self):
-        if self.format == "int":
-            try:
-                check(IntWeightBits, self.bits, "bits")
-            except OrchestratorError as exc:
-                raise ValueError(str(exc)) from None
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, v):
+        """Records written before precision had one encoding: {'format': f, 'bits': b} and act_bits None."""
+        if isinstance(v, dict) and ("format" in v or v.get("act_bits", 0) is None):
+            v = dict(v)
+            fmt = v.pop("format", "int")
+            if fmt != "int" and fmt not in LEGACY_FORMATS:
+                raise ValueError(f"format={fmt!r} is not allowed; the weight precision is `bits`: {WEIGHT_DESCRIPTION}")
+            v["bits"] = LEGACY_FORMATS.get(fmt, v.get("bits", 8))
+            if v.get("act_bits", 0) is None:
+                v["act_bits"] = FLOAT
+        return v
 
-    @property
-    def precision(self) -> int:
-        """The weight precision in the shared encoding (`values.WeightBits`: what studies search and log)."""
-        return precision_bits(self.format, self.bits)
+    @field_validator("group_act_bits")
+    @classmethod
+    def _quantized_groups(cls, v):
+        float_groups = [g for g, b in v.items() if b == FLOAT]
+        if float_groups:
+            raise ValueError(f"group_act_bits[{float_groups[0]}]=32: a group's maps are quantized (2..16); "
+                             "float maps are act_bits 32 with no group_act_bits")
+        return v
 
     def needs_data(self) -> bool:
-        return self.act_bits is not None or self.method == "qat"
+        return self.act_bits != FLOAT or self.method == "qat"
 
-    def plan(self, model: nn.Module) -> dict[str, tuple[str, int]]:
-        """(format, bits) for every conv/linear layer, validated against the model's layer names."""
+    def plan(self, model: nn.Module) -> dict[str, int]:
+        """The weight precision of every conv/linear layer, validated against the model's layer names."""
         layers = list(prunable_layers(model))
         unknown = [n for n in self.layer_bits if n not in layers]
         if unknown:
@@ -76,18 +83,12 @@ class QuantConfig(BaseModel):
             if unknown:
                 raise OrchestratorError(f"{key} names group {unknown[0]!r}, which the model does not have; "
                                         f"groups: {', '.join(groups)}")
-        if self.group_act_bits and self.act_bits is None:
-            raise OrchestratorError("group_act_bits needs act_bits (the bits of the other groups)")
+        if self.group_act_bits and self.act_bits == FLOAT:
+            raise OrchestratorError("group_act_bits needs act_bits below 32 (the bits of the other groups)")
         explicit = {n: b for g, b in self.group_bits.items() for n in groups[g]} | self.layer_bits
-        plan = {}
-        for i, name in enumerate(layers):
-            fmt, bits = self.format, self.bits
-            if name in explicit:
-                fmt, bits = "int", explicit[name]
-            elif self.ends_bits is not None and i in (0, len(layers) - 1) and fmt in SCALED_FORMATS:
-                fmt, bits = "int", self.ends_bits
-            plan[name] = ("fp32", 32) if fmt == "fp32" else (fmt, check_bits(fmt, bits))
-        return plan
+        ends = self.ends_bits if self.ends_bits is not None and format_of(self.bits).scaled else None
+        return {name: explicit.get(name, ends if ends is not None and i in (0, len(layers) - 1) else self.bits)
+                for i, name in enumerate(layers)}
 
 
 def calibrate_(model: nn.Module, data: FinetuneData, images: int) -> None:
@@ -115,7 +116,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
     finalize_(model)  # masks become plain zeros, which every format keeps
     plan = config.plan(model)
     layers = prunable_layers(model)
-    if config.act_bits is not None:
+    if config.act_bits != FLOAT:
         first = next(iter(layers))
         act = {n: b for g, b in config.group_act_bits.items() for n in layer_groups(model)[g]}
         for name, module in layers.items():
@@ -124,17 +125,16 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         set_act_bits_(model)  # the stem's first conv has none
     if config.method == "qat":
         for name, module in layers.items():
-            if plan[name][0] != "fp32":
-                fake_quantize_weight_(module, *plan[name], clip=config.weight_scale == "mse")
+            if plan[name] != FLOAT:
+                fake_quantize_weight_(module, plan[name], clip=config.weight_scale == "mse")
         finetune(model, config.finetune, data, "qat")
         for module in layers.values():
             strip_weight_fake_quant_(module)
-    elif config.act_bits is not None:
+    elif config.act_bits != FLOAT:
         calibrate_(model, data, config.calibration_images)
     for name, module in layers.items():
-        if plan[name][0] != "fp32":
-            quantize_weight_(module, *plan[name], clip=config.weight_scale == "mse")
+        quantize_weight_(module, plan[name], clip=config.weight_scale == "mse")
     return model.eval()
 
 
-__all__ = ["FORMATS", "QuantConfig", "quantize_", "calibrate_"]
+__all__ = ["QuantConfig", "quantize_", "calibrate_"]

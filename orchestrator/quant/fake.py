@@ -17,14 +17,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..qformat import ActQuant, attach_act_quant_, quantize_tensor, rounded, weight_format  # noqa: F401
+from ..qformat import ActQuant, attach_act_quant_, format_of, rounded  # noqa: F401
 
 
 class WeightFakeQuant(nn.Module):
-    def __init__(self, fmt: str, bits: int, mask: torch.Tensor | None = None, clip: bool = False):
+    def __init__(self, bits: int, mask: torch.Tensor | None = None, clip: bool = False):
         super().__init__()
-        self.handler = weight_format(fmt)  # checked once here, never in the forward pass
-        self.fmt, self.bits, self.clip = fmt, self.handler.bits(bits), clip
+        self.handler = format_of(bits)  # checked once here, never in the forward pass
+        self.bits, self.clip = bits, clip
         self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -36,10 +36,10 @@ class WeightFakeQuant(nn.Module):
         return w + (q - w).detach()  # STE: value q, gradient of the identity
 
 
-def fake_quantize_weight_(module: nn.Module, fmt: str, bits: int, clip: bool = False) -> None:
+def fake_quantize_weight_(module: nn.Module, bits: int, clip: bool = False) -> None:
     w = module.weight.detach()
     mask = (w != 0).to(w.dtype) if bool((w == 0).any()) else None
-    parametrize.register_parametrization(module, "weight", WeightFakeQuant(fmt, bits, mask, clip))
+    parametrize.register_parametrization(module, "weight", WeightFakeQuant(bits, mask, clip))
 
 
 def strip_weight_fake_quant_(module: nn.Module) -> None:

@@ -51,7 +51,7 @@ from ..models import layer_groups
 from ..paths import read_json, write_json
 from ..pruning import METHODS, finalize_, prune_
 from ..pruning.core import effective_weight, prunable_layers
-from ..qformat import attach_act_quant_, quantize_weight_, set_act_bits_
+from ..qformat import FLOAT, attach_act_quant_, quantize_weight_, set_act_bits_
 from ..quant import QuantConfig, calibrate_, quantize_
 from ..finetune import FinetuneData
 from ..train import evaluate, recalibrate_bn
@@ -207,13 +207,13 @@ class Plans:
         self.act_plans = [_act_plan(base, _quant_config(space, self.weights[0], a)) for a in self.acts]
 
     def group_specs(self, groups: dict) -> dict[str, list[str]]:
-        """Per layer group, the weight precisions ("fmt:bits") some plan gives its layers (the first conv and the
+        """Per layer group, the weight precisions (bits, as strings) some plan gives its layers (the first conv and the
         classifier keep their end bits: nothing else of theirs is measured)."""
         group_of = {n: g for g, names in groups.items() for n in names}
         used: dict[str, set] = {g: set() for g in groups}
         for plan in filter(None, self.weight_plans):
-            for n, spec in plan.items():
-                used[group_of[n]].add(_fmt(spec))
+            for n, bits in plan.items():
+                used[group_of[n]].add(str(bits))
         return {g: sorted(v) for g, v in used.items()}
 
     def act_values(self) -> list[int]:
@@ -221,7 +221,7 @@ class Plans:
 
 
 def sensitivity_table(space, base: nn.Module, probe: Probe, plans: Plans, cache: Path | None = None) -> dict:
-    """{'baseline', 'prune': {method: {group: {ratio: drop}}}, 'weights': {group: {fmt:bits: drop}},
+    """{'baseline', 'prune': {method: {group: {ratio: drop}}}, 'weights': {group: {bits: drop}},
     'acts': {group: {bits: drop}}}: drops are fractions; filled incrementally into `cache` (resumable)."""
     table = read_json(cache, None) if cache else None
     # two references: activation drops are measured as PTQ runs them (no BN re-estimation), pruning and weight
@@ -260,20 +260,18 @@ def _prune_drops(table: dict, space, base, probe: Probe, groups: dict, save) -> 
 
 
 def _weight_drops(table: dict, space, base, probe: Probe, used: dict, groups: dict, save) -> None:
-    """The drop with one group's weights at each format:bits the plans use, into table['weights']."""
+    """The drop with one group's weights at each precision the plans use, into table['weights']."""
     clip = _clip(space)
     for g, names in groups.items():
-        for fmt_bits in used[g]:
+        for bits in used[g]:
             row = table["weights"].setdefault(g, {})
-            if fmt_bits in row:
+            if bits in row:
                 continue
-            fmt, bits = fmt_bits.split(":")
             model = copy.deepcopy(base)
             layers = prunable_layers(model)
             for n in names:
-                if fmt != "fp32":
-                    quantize_weight_(layers[n], fmt, int(bits), clip=clip)
-            row[fmt_bits] = table["baseline_bn"] - probe.accuracy(model)
+                quantize_weight_(layers[n], int(bits), clip=clip)
+            row[bits] = table["baseline_bn"] - probe.accuracy(model)
             save()
 
 
@@ -315,10 +313,6 @@ def _config(cls, method: str, group: str, ratio: float):
     if "finetune" in fields:
         kw["finetune"] = {"epochs": 0}
     return cls.model_validate(kw)
-
-
-def _fmt(spec: tuple[str, int]) -> str:
-    return f"{spec[0]}:{spec[1]}"
 
 
 def _clip(space) -> bool:
@@ -372,17 +366,16 @@ def _structure_drop(table: dict, prunes: list, base: nn.Module, model: nn.Module
     return drop
 
 
-def _layer_costs(model: nn.Module, specs: list[tuple[str, int]], clip: bool) -> tuple[int, dict]:
-    """Bits of every tensor but the conv/linear weights, and each weight's bits per (format, bits)."""
+def _layer_costs(model: nn.Module, specs: list[int], clip: bool) -> tuple[int, dict]:
+    """Bits of every tensor but the conv/linear weights, and each weight's storage bits per precision."""
     layers = prunable_layers(model)
     weights = {f"{n}.weight" for n in layers}
     const = sum(r["storage_bits"] for r in parameter_rows(model) if r["name"] not in weights)
     per = {}
     for spec in specs:
         m = copy.deepcopy(model)
-        if spec[0] != "fp32":
-            for module in prunable_layers(m).values():
-                quantize_weight_(module, spec[0], spec[1], clip=clip)
+        for module in prunable_layers(m).values():
+            quantize_weight_(module, spec, clip=clip)
         per[spec] = {r["name"][:-len(".weight")]: r["storage_bits"] for r in parameter_rows(m) if r["name"] in weights}
     return const, per
 
@@ -410,7 +403,7 @@ def _act_peaks(model: nn.Module, act_plans: list[dict[str, int] | None]) -> list
 
 def _act_plan(model: nn.Module, q: QuantConfig | None) -> dict[str, int] | None:
     """Per layer, the bits of its input map, as `quantize_` attaches them (None: float activations)."""
-    if q is None or q.act_bits is None:
+    if q is None or q.act_bits == FLOAT:
         return None
     groups, layers = layer_groups(model), list(prunable_layers(model))
     act = {n: b for g, b in q.group_act_bits.items() for n in groups[g]}
@@ -475,8 +468,8 @@ def _weights_drop(table: dict, plan: dict | None, base: nn.Module, groups: dict)
     for g, names in groups.items():
         total = sum(layers[n].weight.numel() for n in names)
         for n in names:
-            if plan[n][0] != "fp32":
-                drop += table["weights"][g][_fmt(plan[n])] * layers[n].weight.numel() / total
+            if plan[n] != FLOAT:
+                drop += table["weights"][g][str(plan[n])] * layers[n].weight.numel() / total
     return drop
 
 
@@ -745,7 +738,7 @@ def default_points(space) -> int:
 
 def cache_key(space, base_path, data_dir) -> str:
     st = Path(base_path).stat()
-    ident = {"version": 4, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+    ident = {"version": 5, "base": str(Path(base_path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
              "data_dir": str(resolve_data_dir(data_dir).resolve()), "val_size": space.val_size,
              "auto": space.sampler.auto.model_dump(include={"images", "bn_images"}),
              "quantize": space.quantize.model_dump()}

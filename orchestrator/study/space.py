@@ -22,7 +22,8 @@ from ..pipeline import PipelineConfig
 from ..pruning import METHODS
 from ..finetune import FinetuneConfig
 from .autostart import AutoStart
-from ..values import ActBits, ActIntBits, Epochs, IntWeightBits, Ratio, WeightBits, precision_format
+from ..qformat import FLOAT, ActBits, WeightBits
+from ..values import Epochs, Ratio
 from ..yamlio import read_mapping
 
 
@@ -76,11 +77,12 @@ class Dimensions(BaseModel):
     finetune_epochs: Choices[Epochs] = [0]  # after pruning (epochs; fractions like 0.25 allowed)
     quant_epochs: Choices[Epochs] | None = None  # QAT epochs (0: PTQ); default: the trial's finetune_epochs
     kd: Choices[bool] = [False]  # distill from the base model in every fine-tune
-    bits: Choices[WeightBits] = [32]  # weight precision: 32 float, 16 fp16, 2..8 int, 1 binary
-    group_bits: dict[str, IntWeightBits | Choices[IntWeightBits]] = {}  # per layer group: fixed int bits, or a list searched
-    act_bits: Choices[ActBits] = [32]  # activation bits: 32 float, else 2..16
-    group_act_bits: dict[str, ActIntBits | Choices[ActIntBits]] = {}  # per layer group: activation bits, fixed or
-    # a list searched
+    bits: Choices[WeightBits] = [FLOAT]  # weight precision: 32 float, 16 fp16, 2..8 int, 1 binary
+    group_bits: dict[str, WeightBits | Choices[WeightBits]] = {}  # per layer group: fixed bits, or a list searched
+    # (applied when `bits` is below 16)
+    act_bits: Choices[ActBits] = [FLOAT]  # activation bits: 32 float, else 2..16
+    group_act_bits: dict[str, ActBits | Choices[ActBits]] = {}  # per layer group: activation bits (2..16), fixed
+    # or a list searched
     weight_scale: Choices[Literal["max", "mse"]] | None = None  # searched int weight ranges (default: quantize's)
     channels: Channels | None = None  # composition: channel removal, then `method`'s sparsity, then quantization
 
@@ -94,8 +96,11 @@ class Dimensions(BaseModel):
 
     @model_validator(mode="after")
     def _act_groups_need_act_bits(self):
-        if self.group_act_bits and 32 in self.act_bits:
+        if self.group_act_bits and FLOAT in self.act_bits:
             raise ValueError(f"group_act_bits needs quantized activations: act_bits {self.act_bits} holds 32 (float)")
+        for g, v in self.group_act_bits.items():
+            if FLOAT in (v if isinstance(v, list) else [v]):
+                raise ValueError(f"group_act_bits.{g} holds 32: a group's maps are quantized (2..16)")
         return self
 
     def groups(self) -> set[str]:
@@ -334,21 +339,20 @@ class SearchSpace(BaseModel):
         if last is not None and not last["finetune"]["epochs"] and self.sampler.auto.bn_images:
             last["bn_recalibration"] = self.sampler.auto.bn_images  # nothing trains the pruned model's BN
             # statistics: re-estimated as the screen does, so a zero-epoch trial is the model it measured
-        bits, act_bits = params.get("bits", 32), params.get("act_bits", 32)
+        bits, act_bits = params.get("bits", FLOAT), params.get("act_bits", FLOAT)
         group_bits = {g: params.get(f"bits_{g}", b) for g, b in d.group_bits.items()}
         group_bits = {g: b for g, b in group_bits.items() if isinstance(b, int)}  # a searched one the params lack
-        if bits < 32 or act_bits < 32:
+        if bits < FLOAT or act_bits < FLOAT:
             q_epochs = params.get("quant_epochs", epochs)
             q = {"method": "qat" if q_epochs else "ptq", "finetune": ft(q_epochs),
-                 "act_bits": act_bits if act_bits < 32 else None, **self.quantize.model_dump()}
+                 "bits": bits, "act_bits": act_bits, **self.quantize.model_dump()}
             if "weight_scale" in params:
                 q["weight_scale"] = params["weight_scale"]
-            q.update(precision_format(bits))
             if group_bits and bits < 16:
                 q["group_bits"] = group_bits
             group_act = {g: params.get(f"act_{g}", b) for g, b in d.group_act_bits.items()}
             group_act = {g: b for g, b in group_act.items() if isinstance(b, int)}
-            if group_act and act_bits < 32:
+            if group_act and act_bits < FLOAT:
                 q["group_act_bits"] = group_act
             steps.append({"quantize": q})
         if not steps:
