@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -149,13 +150,23 @@ def run_pipeline(config: PipelineConfig, *, base=None, data_dir=None, out, devic
     return run.finish(model, records, out)
 
 
+def _same(stored: dict, started: dict) -> bool:
+    """Whether a store's stamp names this base and pipeline, the stamp validated again (a record written before
+    a config's encoding changed names the same pipeline)."""
+    try:
+        return stored == started or (stored["base"] == started["base"] and PipelineConfig.model_validate(
+            stored["pipeline"]).model_dump(mode="json") == started["pipeline"])
+    except (ValidationError, KeyError, TypeError):
+        return False
+
+
 def _open_store(work: Path, config: PipelineConfig, base) -> Path:
     """The resume store of a pipeline: its finished steps are kept, a store of another pipeline or base is
     refused while it holds finished steps and replaced without asking while it holds none."""
     work.mkdir(parents=True, exist_ok=True)
     started = {"base": str(base), "pipeline": config.model_dump(mode="json")}  # what the kept steps belong to
     stamp = work / "pipeline.json"
-    if read_json(stamp, started) != started:
+    if not _same(read_json(stamp, started), started):
         if len(read_json(work / "records.json", [])) > 1:  # finished steps of another pipeline: never thrown away
             raise OrchestratorError(f"{work} holds the unfinished steps of another pipeline or base; rerun that one "
                                     f"to finish it, or delete {work} to start this one")

@@ -122,7 +122,7 @@ class WeightFormat:
     round: Callable  # (weight, bits) -> (codes, per-channel scale) for scaled formats; a float quantizer otherwise
     encode: Callable  # (codes or float values, bits) -> the bytes of an export's value stream
     decode: Callable  # (bytes, count, bits) -> the values `encode` wrote
-    precisions: tuple[int, ...]  # the weight precisions (bits per value) stored in this format
+    precisions: tuple[int, ...]  # the weight precisions (bits per value) quantizing to it gives
     scaled: bool = True
     dtype: str | None = None  # torch dtype name of stored float values: also the format's name in an export file
 
@@ -131,9 +131,15 @@ class WeightFormat:
         """The format's name in an export header (kept from the first file version: float formats by dtype)."""
         return self.dtype or self.name
 
+    def width(self, bits: int) -> int:
+        """Bits per stored value: a float format's dtype width, binary's 1, int's `bits` (as recorded)."""
+        if self.dtype:
+            return torch.finfo(getattr(torch, self.dtype)).bits
+        return self.precisions[0] if len(self.precisions) == 1 else bits
+
     def nbytes(self, bits: int, count: int) -> int:
         """Length of `encode` for `count` values (bits as recorded, not validated: a header is checked by its use)."""
-        return (count * bits + 7) // 8
+        return (count * self.width(bits) + 7) // 8
 
 
 FP32 = WeightFormat("fp32", _float(torch.float32), *_raw(torch.float32), (32,), scaled=False, dtype="float32")
@@ -141,6 +147,8 @@ WEIGHT_FORMATS = {f.name: f for f in (  # the quantized formats, widest first (f
     WeightFormat("fp16", _float(torch.float16), *_raw(torch.float16), (16,), scaled=False, dtype="float16"),
     WeightFormat("int", _int, _pack_int, _unpack_int, tuple(range(8, 1, -1))),
     WeightFormat("binary", _binary, _pack_sign, _unpack_sign, (1,)),
+    # read only: files written when bf16 was a weight format load and export as they were; no precision makes it
+    WeightFormat("bf16", _float(torch.bfloat16), *_raw(torch.bfloat16), (), scaled=False, dtype="bfloat16"),
 )}
 STORED = {f.stored: f for f in (*WEIGHT_FORMATS.values(), FP32)}  # export header name -> format (fp32: unquantized)
 _BY_BITS = {b: f for f in (FP32, *WEIGHT_FORMATS.values()) for b in f.precisions}
@@ -152,7 +160,7 @@ def _described(f: WeightFormat) -> str:
     return f"{p[-1]}..{p[0]} ({f.name})" if len(p) > 1 else f"{p[0]} ({f.name})"
 
 
-WEIGHT_DESCRIPTION = ", ".join(map(_described, (FP32, *WEIGHT_FORMATS.values())))  # 32 (fp32), ..., 1 (binary)
+WEIGHT_DESCRIPTION = ", ".join(_described(f) for f in (FP32, *WEIGHT_FORMATS.values()) if f.precisions)
 WeightBits = one_of(WEIGHT_BITS, "weight bits", WEIGHT_DESCRIPTION)
 FLOAT = 32  # float maps, in the one encoding of activation bits
 ACT_BITS = (FLOAT, *range(16, 1, -1))

@@ -26,6 +26,23 @@ def test_pipeline_cli_runs_a_yaml_and_prints_each_step(base, cifar10_dir, tmp_pa
     assert ckpt["quantization"]["layer1.0.conv1"]["bits"] == 4
 
 
+def test_a_quantize_config_file_wins_over_the_defaults_and_yields_to_the_options_given(base, cifar10_dir, tmp_path):
+    cfg = tmp_path / "q.yaml"
+
+    def quantization(*options, yaml):
+        cfg.write_text(yaml)
+        out = tmp_path / f"q{len(list(tmp_path.glob('*.pt')))}.pt"
+        r = run("quantize", base, "--config", cfg, *options, "--data-dir", cifar10_dir, "--val-size", 20,
+                "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+        return torch.load(out, weights_only=True)["quantization"]
+
+    q = quantization(yaml="bits: 3\nends_bits: null\n")
+    assert q["conv1"]["bits"] == q["layer1.0.conv1"]["bits"] == 3  # not the options' defaults (8, ends 8)
+    assert quantization(yaml="format: binary\n")["layer1.0.conv1"] == {"format": "binary", "bits": 1}
+    assert quantization("--bits", 4, yaml="format: binary\n")["layer1.0.conv1"] == {"format": "int", "bits": 4}
+
+
 def test_quantize_and_distill_commands(base, cifar10_dir, tmp_path):
     r = run("quantize", base, "--bits", 2, "--act-bits", 8, "--layer-bits", "linear=4", "--data-dir", cifar10_dir,
             "--val-size", 20, "--out", tmp_path / "q.pt", "--quiet")

@@ -155,6 +155,21 @@ def test_export_round_trip(tmp_path, name):
     assert measure(loaded).param_bits == fp.param_bits
 
 
+def test_a_bf16_layer_written_when_bf16_was_a_weight_format_still_loads_and_exports(tmp_path):
+    """bf16 is read only now: a checkpoint or export holding it loads to the same weights and footprint."""
+    from orchestrator.qformat import set_weight_spec_
+    model = _variant("fp32")
+    conv = model.layer1[0].conv1
+    conv.weight.data = conv.weight.data.to(torch.bfloat16).float()
+    set_weight_spec_(conv, "bf16", 16)
+    fp = measure(model)
+    save_checkpoint(tmp_path / "b.pt", from_model(model, "cifar10", {"mean": [0] * 3, "std": [1] * 3}))
+    export(model, tmp_path / "b.orcx")
+    for loaded in (load_model(tmp_path / "b.pt")[0], load_export(tmp_path / "b.orcx")[0]):
+        assert loaded.layer1[0].conv1.weight_format == "bf16" and measure(loaded).param_bits == fp.param_bits
+        assert torch.equal(loaded.layer1[0].conv1.weight, conv.weight)
+
+
 def test_quantized_checkpoint_round_trip(tmp_path):
     model = _variant("sparse90-int4")
     save_checkpoint(tmp_path / "q.pt", from_model(model, "cifar10", {"mean": [0] * 3, "std": [1] * 3}))

@@ -61,6 +61,30 @@ def test_pipeline_resumes_after_a_kill_without_redoing_finished_steps(base, cifa
     assert [(p.method, p.ratio) for p in pruned] == [("global_magnitude", 0.6)]  # the first prune was not redone
 
 
+def test_a_run_stopped_before_precision_had_one_encoding_resumes(base, cifar10_dir, tmp_path, monkeypatch):
+    """A store stamped with the older quantize encoding ({'format': 'int', 'bits': 4}, act_bits null) names the
+    same pipeline: its finished prune step is kept, not refused as another pipeline's."""
+    import orchestrator.pipeline as pl
+    config = PipelineConfig(val_size=0, steps=[{"prune": {"method": "global_magnitude", "ratio": 0.5}},
+                                               {"quantize": {"bits": 4, "calibration_images": 16}}])
+    def dies(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pl.STEP_HANDLERS, "quantize", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+    stamp = tmp_path / "p.pt.work" / "pipeline.json"
+    old = json.loads(stamp.read_text())
+    old["pipeline"]["steps"][1]["quantize"].update({"format": "int", "act_bits": None})
+    stamp.write_text(json.dumps(old))
+    monkeypatch.undo()
+    pruned = []
+    real_prune = pl.prune_
+    monkeypatch.setattr(pl, "prune_", lambda *a, **kw: pruned.append(a[1]) or real_prune(*a, **kw))
+    result = run_pipeline(config, base=base, data_dir=cifar10_dir, out=tmp_path / "p.pt")
+    assert [s["step"] for s in result["steps"]] == ["base", "prune", "quantize"] and pruned == []
+
+
 @pytest.mark.parametrize("finished", [0, 1])
 def test_a_store_of_another_pipeline_is_replaced_unless_it_holds_finished_steps(finished, base, cifar10_dir, tmp_path):
     work = tmp_path / "p.pt.work"

@@ -38,8 +38,10 @@ def test_weight_precision_is_one_encoding_for_spaces_configs_and_quantized_layer
     for record, bits in legacy:
         assert QuantConfig(**record, act_bits=None).model_dump()["bits"] == bits
     assert QuantConfig(act_bits=None).act_bits == FLOAT == 32
-    with pytest.raises(ValidationError, match="format='bf16' is not allowed; the weight precision is `bits`"):
-        QuantConfig(format="bf16")
+    for record, got in (({"format": "bf16"}, "format='bf16'"), ({"format": "int", "bits": 16}, "format='int' with "
+                                                                  "bits=16"), ({"format": ["int"]}, r"format=\['int'\]")):
+        with pytest.raises(ValidationError, match=f"{got} is not allowed: the weight precision is `bits` alone"):
+            QuantConfig(**record)
     with pytest.raises(ValidationError, match="weight bits must be 32"):
         Dimensions(bits=[12])
 

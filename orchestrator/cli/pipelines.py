@@ -74,6 +74,8 @@ def quantize_cmd(checkpoint, method, bits, act_bits, layer_bits, ends_bits, fine
     given = {"method": method, "bits": bits, "ends_bits": ends_bits, "act_bits": act_bits}
     cfg.update({k: v for k, v in given.items()  # a config file's values win over the options' defaults
                 if k not in cfg or source(k) is not click.core.ParameterSource.DEFAULT})
+    if source("bits") is not click.core.ParameterSource.DEFAULT:
+        cfg.pop("format", None)  # an older config's weight format yields to the precision given here
     if layer_bits:
         cfg["layer_bits"] = _layer_bits(layer_bits)
     if finetune_epochs is not None:
@@ -81,7 +83,7 @@ def quantize_cmd(checkpoint, method, bits, act_bits, layer_bits, ends_bits, fine
     if teacher:
         cfg.setdefault("finetune", {}).setdefault("kd", {})
     config = PipelineConfig(teacher=teacher, val_size=val_size, steps=[{"quantize": cfg}])
-    out = out or f"runs/{Path(checkpoint).stem}-{method}.pt"
+    out = out or f"runs/{Path(checkpoint).stem}-{cfg['method']}.pt"
     run_and_print(config, checkpoint, data_dir, out, device, quiet)
 
 

@@ -230,6 +230,6 @@ def _restore(model: nn.Module, e: dict, streams: dict) -> None:
         shaped = scale.view(-1, *([1] * (t.dim() - 1)))
         t = (t.float() * shaped).reshape(e["shape"])
         set_weight_spec_(module, fmt.name, bits, scale)
-    elif fmt.name in WEIGHT_FORMATS and e["kind"] == "weight":  # a float format (fp16); fp32 has no spec
-        set_weight_spec_(module, fmt.name, fmt.precisions[0])
+    elif fmt.name in WEIGHT_FORMATS and e["kind"] == "weight":  # a float format (fp16, bf16); fp32 has no spec
+        set_weight_spec_(module, fmt.name, fmt.width(bits))
     getattr(module, attr).copy_(t.float())

@@ -22,11 +22,11 @@ from ..loader import first_batches
 from ..models import layer_groups
 from ..pruning.core import finalize_, prunable_layers
 from ..finetune import FinetuneConfig, FinetuneData, finetune
-from ..qformat import (FLOAT, WEIGHT_DESCRIPTION, ActBits, ActQuant, WeightBits, attach_act_quant_, format_of,
-                       quantize_weight_, set_act_bits_)
+from ..qformat import (FLOAT, FP32, WEIGHT_DESCRIPTION, WEIGHT_FORMATS, ActBits, ActQuant, WeightBits,
+                       attach_act_quant_, format_of, quantize_weight_, set_act_bits_)
 from .fake import fake_quantize_weight_, strip_weight_fake_quant_
 
-LEGACY_FORMATS = {"fp32": 32, "fp16": 16, "binary": 1}  # the (format, bits) encoding of older records
+LEGACY_FORMATS = {"int": None, "fp32": 32, "fp16": 16, "binary": 1}  # older records' (format, bits): precision
 
 
 class QuantConfig(BaseModel):
@@ -51,10 +51,15 @@ class QuantConfig(BaseModel):
         """Records written before precision had one encoding: {'format': f, 'bits': b} and act_bits None."""
         if isinstance(v, dict) and ("format" in v or v.get("act_bits", 0) is None):
             v = dict(v)
-            fmt = v.pop("format", "int")
-            if fmt != "int" and fmt not in LEGACY_FORMATS:
-                raise ValueError(f"format={fmt!r} is not allowed; the weight precision is `bits`: {WEIGHT_DESCRIPTION}")
-            v["bits"] = LEGACY_FORMATS.get(fmt, v.get("bits", 8))
+            if "format" in v:
+                fmt, bits = v.pop("format"), v.get("bits", 8)
+                if not isinstance(fmt, str) or fmt not in LEGACY_FORMATS or (
+                        fmt == "int" and bits not in WEIGHT_FORMATS["int"].precisions):
+                    got = f"format={fmt!r}" + (f" with bits={bits!r}" if fmt == "int" else "")
+                    raise ValueError(f"{got} is not allowed: the weight precision is `bits` alone "
+                                     f"({WEIGHT_DESCRIPTION}); older records' format int (bits 2..8), fp16, binary "
+                                     "or fp32 read as that precision")
+                v["bits"] = LEGACY_FORMATS[fmt] or bits
             if v.get("act_bits", 0) is None:
                 v["act_bits"] = FLOAT
         return v
@@ -125,7 +130,7 @@ def quantize_(model: nn.Module, config: QuantConfig | dict, data: FinetuneData |
         set_act_bits_(model)  # the stem's first conv has none
     if config.method == "qat":
         for name, module in layers.items():
-            if plan[name] != FLOAT:
+            if format_of(plan[name]) is not FP32:
                 fake_quantize_weight_(module, plan[name], clip=config.weight_scale == "mse")
         finetune(model, config.finetune, data, "qat")
         for module in layers.values():
