@@ -544,6 +544,7 @@ class TrialRunner:
         if over is None or over <= 0:
             return
         if "proposed_by" in trial.user_attrs and need <= self.space.budget.timeout_minutes * 60:
+            # not followup.enqueue: its skip_if_exists would find these params in this very trial and skip them
             self.study.enqueue_trial(dict(trial.params), user_attrs={
                 k: v for k, v in trial.user_attrs.items() if k in self.ENQUEUED})
         self.log.info("trial %d not started: predicted to end %.0f s after the timeout; the study stops",
